@@ -1,0 +1,1 @@
+"""What every service shares: configuration, logging, telemetry, errors, model names, gRPC plumbing."""

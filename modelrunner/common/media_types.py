@@ -1,0 +1,13 @@
+"""Media types of model artifacts, compatible with Docker Model Runner."""
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MODEL_CONFIG = "application/vnd.docker.ai.model.config.v0.1+json"
+GGUF = "application/vnd.docker.ai.gguf.v3"
+LICENSE = "application/vnd.docker.ai.license"
+MMPROJ = "application/vnd.docker.ai.mmproj"
+CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
+SAFETENSORS = "application/vnd.docker.ai.safetensors"
+DIR_TAR = "application/vnd.docker.ai.dir.tar"

@@ -1,0 +1,105 @@
+"""The gRPC process every service runs: grpc.aio, health, reflection, telemetry, graceful shutdown.
+
+On SIGTERM or SIGINT the health status turns NOT_SERVING, new calls are refused, and calls in flight
+(streams included) get the grace period to finish before they are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from modelrunner.common.interceptors import ServiceErrorInterceptor
+from modelrunner.common.logs import setup_logging
+from modelrunner.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class GrpcService:
+    """A grpc.aio server with health and reflection; `service_names` are the full names it serves."""
+
+    def __init__(self, listen: str, service_names: Iterable[str]) -> None:
+        self.listen = listen
+        self.service_names = list(service_names)
+        self.server = grpc.aio.server(
+            interceptors=[*server_interceptors(), ServiceErrorInterceptor()], options=GRPC_OPTIONS
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        self.port = self.server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+
+def wait_for_signal() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def init_process(service: str, args) -> None:
+    """Logging, telemetry and the optional Prometheus endpoint, from the common settings."""
+    setup_logging(service, args.log_level, args.log_format)
+    setup_telemetry(service, args.trace_file)
+    if args.metrics_listen:
+        host, _, port = args.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0")
+
+
+async def serve(
+    service: str,
+    listen: str,
+    service_names: Iterable[str],
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    grace: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Runs a service until SIGTERM/SIGINT, then drains it."""
+    grpc_service = GrpcService(listen, service_names)
+    register(grpc_service.server)
+    stop = wait_for_signal()
+    await grpc_service.start()
+    log.info("serving", extra={"fields": {"service": service, "listen": listen, "port": grpc_service.port}})
+    await stop.wait()
+    log.info("shutting down", extra={"fields": {"grace_s": grace}})
+    await grpc_service.stop(grace)
+    if on_stop is not None:
+        await on_stop()
+    shutdown_telemetry()
+
+
+def grace_seconds(args) -> float:
+    return float(args.shutdown_grace)
+
