@@ -1,0 +1,3 @@
+from modelrunner.gateway.main import main
+
+main()

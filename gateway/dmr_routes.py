@@ -1,0 +1,129 @@
+"""Docker Model Runner's /models and /engines routes: the transcoded route table, plus DMR's shaping on
+top (201 for tag, 202 for _configure, JSON lines for pull/push progress, `?remote=true` to the
+Distribution, DELETE's one-key actions) and the one route the protos do not annotate."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from modelrunner.gateway import proto_json
+from modelrunner.gateway.backends import Backends, Service, UpstreamError
+from modelrunner.gateway.errors import APIError, from_upstream
+from modelrunner.gateway.settings import GatewayOptions
+from modelrunner.gateway.streaming import ClosingStreamingResponse, json_line, peek
+from modelrunner.gateway.transcoding import HttpRoute, build_request, openapi_operation, routes_of
+from modelrunner.v1 import distribution_pb2, runner_pb2, store_pb2
+
+SERVICES = [
+    store_pb2.DESCRIPTOR.services_by_name["Store"],
+    distribution_pb2.DESCRIPTOR.services_by_name["Distribution"],
+    runner_pb2.DESCRIPTOR.services_by_name["Runner"],
+]
+STATUS = {"modelrunner.v1.Store.TagModel": 201, "modelrunner.v1.Runner.Configure": 202}
+LONG_RUNNING = {"modelrunner.v1.Store.PackageModel", "modelrunner.v1.Store.PurgeModels", "modelrunner.v1.Store.Prune"}
+GET_MODEL = "modelrunner.v1.Store.GetModel"
+DELETE_MODEL = "modelrunner.v1.Store.DeleteModel"
+
+
+def _service(backends: Backends, full_name: str) -> Service:
+    return {
+        "modelrunner.v1.Store": backends.store,
+        "modelrunner.v1.Distribution": backends.distribution,
+        "modelrunner.v1.Runner": backends.runner,
+    }[full_name]
+
+
+async def _json_body(request: Request):
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+
+
+def _answer(route: HttpRoute, reply) -> object:
+    if route.response_body:
+        data = proto_json.field_json(reply, route.response_body)
+    else:
+        data = proto_json.to_json(reply)
+    if route.method.full_name == DELETE_MODEL:  # DMR: [{"Untagged": ...}, {"Deleted": ...}]
+        data = [{k: v for k, v in action.items() if v} for action in data]
+    return data
+
+
+async def _progress(request: Request, service: Service, route: HttpRoute, message) -> Response:
+    """Pull/push progress as JSON lines; an error before the first line keeps its HTTP status."""
+    stream = service.stream(route.method.name, message)
+    try:
+        first, rest = await peek(stream)
+    except UpstreamError as error:
+        raise from_upstream(error) from None
+
+    async def lines():
+        try:
+            if first is not None:
+                yield json_line(proto_json.to_json(first))
+            async for progress in rest:
+                yield json_line(proto_json.to_json(progress))
+        except UpstreamError as error:
+            yield json_line({"type": "error", "message": from_upstream(error).message})
+        finally:
+            stream.cancel()
+
+    accept = request.headers.get("accept", "")
+    return ClosingStreamingResponse(lines(), media_type="application/json" if "application/json" in accept else "text/plain")
+
+
+def _endpoint(route: HttpRoute):
+    full_name = route.method.full_name
+
+    async def endpoint(request: Request) -> Response:
+        backends: Backends = request.app.state.backends
+        options: GatewayOptions = request.app.state.options
+        body = await _json_body(request) if route.body else None
+        message = build_request(route, request.path_params, list(request.query_params.multi_items()), body)
+        service = _service(backends, route.service)
+        if route.server_streaming:
+            return await _progress(request, service, route, message)
+        timeout = options.long_timeout if full_name in LONG_RUNNING else options.request_timeout
+        if full_name == GET_MODEL and message.remote:
+            service, method = backends.distribution, "GetRemoteModel"
+            message = distribution_pb2.GetRemoteModelRequest(reference=message.name)
+        else:
+            method = route.method.name
+        reply = await service.unary(method, message, timeout)
+        return JSONResponse(_answer(route, reply), status_code=STATUS.get(full_name, 200))
+
+    endpoint.__name__ = route.method.name
+    return endpoint
+
+
+def install(app: FastAPI) -> None:
+    @app.get("/engines/_configure", tags=["Docker Model Runner"], summary="Every persisted per-model setting")
+    async def list_configurations(request: Request) -> list[dict]:
+        backends: Backends = request.app.state.backends
+        reply = await backends.runner.unary(
+            "ListConfigurations", runner_pb2.ListConfigurationsRequest(), request.app.state.options.request_timeout
+        )
+        return proto_json.field_json(reply, "settings")
+
+    for route in routes_of(SERVICES):
+        status = STATUS.get(route.method.full_name, 200)
+        operation = openapi_operation(route)
+        if status != 200:
+            operation["responses"] = {str(status): operation["responses"]["200"]}
+        app.add_api_route(
+            route.path,
+            _endpoint(route),
+            methods=[route.http_method],
+            tags=["Docker Model Runner"],
+            summary=f"{route.method.containing_service.name}.{route.method.name}",
+            status_code=status,
+            openapi_extra=operation,
+            operation_id=f"{route.method.containing_service.name}_{route.method.name}",
+        )
