@@ -1,15 +1,19 @@
 """What a GGUF file says about its model, read from the header (mmap: no weights are loaded).
 
 The Store fills a model's config from it; the Runner takes the chat template, the trained context
-length and the sizes it needs to estimate memory before loading.
+length and the sizes it needs to estimate memory before loading. The header is parsed with struct,
+skipping arrays: gguf.GGUFReader builds numpy views for every array element, which takes 24-52 s on
+Gemma 3's 262k-token vocabulary where this takes 0.14 s.
 """
 
 from __future__ import annotations
 
+import mmap
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGUFReader, GGUFValueType, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 # Metadata kept in the model config's `gguf` map: small scalar facts, never the vocabulary.
 _MAX_VALUE_CHARS = 256
@@ -49,13 +53,75 @@ def human_size(num_bytes: float) -> str:
     return f"{int(num_bytes)} B"
 
 
-def _value(reader: GGUFReader, key: str):
-    fld = reader.fields.get(key)
-    if fld is None or not fld.types:
-        return None
-    if fld.types[0] == GGUFValueType.ARRAY:
-        return None
-    return fld.contents()
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str):
+        value = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += struct.calcsize("<" + fmt)
+        return value[0]
+
+    def string(self) -> str:
+        n = self.take("Q")
+        text = bytes(self.data[self.pos : self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def value(self, vtype: int):
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:  # skipped: vocabularies and the like are never needed here
+            item_type, count = self.take("I"), self.take("Q")
+            if item_type == _STRING:
+                for _ in range(count):
+                    n = self.take("Q")
+                    self.pos += n
+            elif item_type == _ARRAY:
+                for _ in range(count):
+                    self.value(_ARRAY)
+            else:
+                self.pos += struct.calcsize("<" + _SCALARS[item_type]) * count
+            return None
+        return self.take(_SCALARS[vtype])
+
+
+def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, int]]]:
+    """(key -> value, arrays as None), [(n_elements, n_bytes) per tensor]; ValueError if not GGUF."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        c = _Cursor(view)
+        try:
+            if c.take("I") != 0x46554747:
+                raise ValueError("GGUF magic invalid")
+            version = c.take("I")
+            if version not in (2, 3):
+                raise ValueError(f"GGUF version {version} is not supported")
+            n_tensors, n_kv = c.take("Q"), c.take("Q")
+            fields: dict[str, object] = {}
+            for _ in range(n_kv):
+                key = c.string()
+                fields[key] = c.value(c.take("I"))
+            tensors = []
+            for _ in range(n_tensors):
+                c.string()
+                dims = [c.take("Q") for _ in range(c.take("I"))]
+                ggml_type = c.take("I")
+                c.take("Q")  # offset
+                n = 1
+                for d in dims:
+                    n *= d
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+                tensors.append((n, n * type_size // block))
+            return fields, tensors
+        except (struct.error, KeyError, IndexError) as exc:
+            raise ValueError(f"truncated or malformed GGUF header: {exc}") from exc
+        finally:
+            view.release()
 
 
 def _quantization(file_type: int | None) -> str:
@@ -70,32 +136,28 @@ def _quantization(file_type: int | None) -> str:
 def read_gguf_info(path: str | Path) -> GGUFInfo:
     """Reads a GGUF header; raises ValueError when the file is not GGUF."""
     try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:  # gguf raises bare ValueError/AssertionError/struct errors on bad files
+        fields, tensors = read_header(path)
+    except (OSError, ValueError) as exc:
         raise ValueError(f"{Path(path).name} is not a valid GGUF file: {exc}") from exc
-    arch = str(_value(reader, "general.architecture") or "")
+    arch = str(fields.get("general.architecture") or "")
 
     def arch_int(name: str, default: int = 0) -> int:
-        v = _value(reader, f"{arch}.{name}")
+        v = fields.get(f"{arch}.{name}")
         return int(v) if isinstance(v, (int, float)) else default
 
     head_count = arch_int("attention.head_count")
     embedding = arch_int("embedding_length")
     head_dim = embedding // head_count if head_count else 0
-    metadata: dict[str, str] = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("tokenizer.") or key.startswith("GGUF.") or not fld.types:
-            continue
-        if fld.types[0] == GGUFValueType.ARRAY:
-            continue
-        text = str(fld.contents())
-        if len(text) <= _MAX_VALUE_CHARS:
-            metadata[key] = text
-    template = _value(reader, "tokenizer.chat_template")
+    metadata = {
+        k: str(v)
+        for k, v in fields.items()
+        if v is not None and not k.startswith("tokenizer.") and len(str(v)) <= _MAX_VALUE_CHARS
+    }
+    template = fields.get("tokenizer.chat_template")
     return GGUFInfo(
         architecture=arch,
-        quantization=_quantization(_value(reader, "general.file_type")),
-        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        quantization=_quantization(fields.get("general.file_type")),
+        parameters=sum(n for n, _ in tensors),
         context_length=arch_int("context_length"),
         block_count=arch_int("block_count"),
         embedding_length=embedding,
@@ -104,7 +166,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         key_length=arch_int("attention.key_length", head_dim),
         value_length=arch_int("attention.value_length", head_dim),
         sliding_window=arch_int("attention.sliding_window"),
-        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        tensor_bytes=sum(b for _, b in tensors),
         chat_template=str(template) if template else None,
         metadata=metadata,
     )

@@ -1,0 +1,3 @@
+from modelrunner.store.main import main
+
+main()

@@ -1,0 +1,369 @@
+"""Blobs: streamed in, hashed while written, verified, fsynced, then renamed into place.
+
+A write appends to `ingest/<hex>` and only a verified blob is renamed to `blobs/sha256/<hex>`, so a
+crash leaves at most a partial upload, which the next writer resumes (StatBlob says from where).
+Writes of one digest are serialised by a per-digest lock: two writers of the same blob make one
+write, and the second finds it complete. Disk work runs in a thread pool so many streams proceed at
+once; the next chunk is received while the previous one is hashed (one thread) and written (another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from modelrunner.store.layout import Layout, check_digest, fsync_dir
+
+from modelrunner.common.errors import ServiceError, invalid, not_found
+
+READ_CHUNK = 1 << 20
+_HASH_CHUNK = 8 << 20
+_WRITEBACK_BYTES = 32 << 20
+# A blob written or found by a writer is kept from garbage collection this long, so a pull's layers
+# survive until its manifest (which then references them) is committed.
+LEASE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    exists: bool
+    size: int
+    partial: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    digest: str
+    size: int
+    existed: bool
+
+
+def _writeback_starter() -> Callable[[int, int, int], None]:
+    """Linux sync_file_range(SYNC_FILE_RANGE_WRITE): starts writing dirty pages back without waiting;
+    a no-op elsewhere (fsync still makes the blob durable)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        sync_file_range = libc.sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd, offset, length: None
+    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return lambda fd, offset, length: sync_file_range(fd, offset, length, 2)
+
+
+start_writeback = _writeback_starter()
+
+
+class _Ingest:
+    """One partial upload: appends to ingest/<hex> and hashes what it appends."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path = path
+        self.hash = hashlib.sha256()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(self.fd, offset)
+            self._rehash(offset)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.size = offset
+        self._flushed = offset
+
+    def _rehash(self, length: int) -> None:
+        """Hashes the bytes a previous writer left, once, so the stream continues the same digest."""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        left = length
+        while left:
+            data = os.read(self.fd, min(_HASH_CHUNK, left))
+            if not data:
+                raise OSError(f"partial upload {self.path.name} is shorter than {length} bytes")
+            self.hash.update(data)
+            left -= len(data)
+
+    def update_hash(self, data: bytes) -> None:
+        self.hash.update(data)
+
+    def write(self, data: bytes) -> None:
+        """Appends `data` (hash it with update_hash, in order); starts writeback every few MiB so
+        the final fsync does not wait for the whole blob."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+        if self.size - self._flushed >= _WRITEBACK_BYTES:
+            start_writeback(self.fd, self._flushed, self.size - self._flushed)
+            self._flushed = self.size
+
+    def finish(self) -> str:
+        """Fsyncs and closes the file; returns the digest of everything written."""
+        os.fsync(self.fd)
+        self.close()
+        return "sha256:" + self.hash.hexdigest()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _copy_hashing(src: Path, fd: int) -> tuple[str, int]:
+    """Copies `src` into the open temp file `fd` in one pass, hashing as it goes; fsyncs."""
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(src, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            chunk = view[:n]
+            h.update(chunk)
+            while chunk:
+                chunk = chunk[os.write(fd, chunk) :]
+            size += n
+    os.fsync(fd)
+    return "sha256:" + h.hexdigest(), size
+
+
+class BlobStore:
+    """The blobs of one layout: stat, write (resumable), import a local file, read, remove."""
+
+    def __init__(self, layout: Layout, executor: ThreadPoolExecutor) -> None:
+        self.layout = layout
+        self.executor = executor
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._leases: dict[str, float] = {}
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def lock(self, digest: str) -> asyncio.Lock:
+        lock = self._locks.get(digest)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[digest] = lock
+        return lock
+
+    def busy(self, digest: str) -> bool:
+        lock = self._locks.get(digest)
+        return lock is not None and lock.locked()
+
+    # Leases keep blobs a writer just wrote or found from being collected before a manifest uses them.
+    def lease(self, digest: str) -> None:
+        self._leases[digest] = time.monotonic()
+
+    def release(self, digests: Iterable[str]) -> None:
+        for d in digests:
+            self._leases.pop(d, None)
+
+    def leased(self) -> set[str]:
+        now = time.monotonic()
+        for d in [d for d, t in self._leases.items() if now - t > LEASE_SECONDS]:
+            del self._leases[d]
+        return set(self._leases)
+
+    def _size(self, path: Path) -> int | None:
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def exists(self, digest: str) -> bool:
+        return self.layout.blob(digest).is_file()
+
+    def stat(self, digest: str) -> BlobStat:
+        size = self._size(self.layout.blob(digest))
+        if size is not None:
+            return BlobStat(True, size, 0)
+        return BlobStat(False, 0, self._size(self.layout.partial(digest)) or 0)
+
+    async def write(self, digest: str, size: int, offset: int, chunks: AsyncIterator[bytes]) -> WriteResult:
+        """Writes the blob from `offset` with the data of `chunks`.
+
+        `offset` must equal the bytes of the partial upload held (StatBlob), or be 0 to start again.
+        A stream that ends short keeps its bytes for a resume; too many bytes or a digest mismatch
+        discards them.
+        """
+        check_digest(digest)
+        if size < 0 or offset < 0 or offset > size:
+            raise invalid(f"blob {digest}: offset {offset} and size {size} must satisfy 0 <= offset <= size")
+        async with self.lock(digest):
+            existing = self._size(self.layout.blob(digest))
+            if existing is not None:
+                if existing != size:
+                    raise invalid(f"blob {digest} is stored with size {existing}, but the writer declared {size}")
+                self.lease(digest)
+                return WriteResult(digest, size, True)
+            partial_path = self.layout.partial(digest)
+            held = self._size(partial_path) or 0
+            if offset not in (0, held):
+                code = grpc.StatusCode.OUT_OF_RANGE if offset > held else grpc.StatusCode.FAILED_PRECONDITION
+                raise ServiceError(
+                    code,
+                    f"blob {digest}: the write starts at offset {offset}, but the Store holds {held} bytes "
+                    f"of it: resume at offset {held} (StatBlob) or start again at 0",
+                )
+            ingest = await self._run(_Ingest, partial_path, offset)
+            try:
+                await self._receive(ingest, digest, size, chunks)
+                actual = await self._run(ingest.finish)
+            finally:
+                await self._run(ingest.close)
+            if actual != digest:
+                await self._run(partial_path.unlink, True)
+                raise ServiceError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"blob {digest}: the {size} bytes received have digest {actual}; they were discarded, "
+                    "write the blob again",
+                )
+            await self._run(self._commit, partial_path, digest)
+            self.lease(digest)
+            return WriteResult(digest, size, False)
+
+    async def _receive(self, ingest: _Ingest, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
+        """Appends the stream to `ingest`, writing one chunk while the next is received."""
+        loop = asyncio.get_running_loop()
+        received = ingest.size
+        pending: list[asyncio.Future] = []
+        try:
+            async for data in chunks:
+                received += len(data)
+                if pending:
+                    await asyncio.gather(*pending)
+                if received > size:
+                    await self._run(ingest.close)
+                    await self._run(ingest.path.unlink, True)
+                    raise invalid(
+                        f"blob {digest}: the writer declared {size} bytes but sent more ({received}); "
+                        "the bytes were discarded"
+                    )
+                # Hash and write this chunk in two threads while the loop receives the next one.
+                pending = [
+                    loop.run_in_executor(self.executor, ingest.update_hash, data),
+                    loop.run_in_executor(self.executor, ingest.write, data),
+                ]
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            # Never close the file under a write still running in the pool (cancelled stream).
+            if pending and not all(f.done() for f in pending):
+                await asyncio.wait(pending)
+        if received < size:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"blob {digest}: the stream ended after {received} of {size} bytes; they are kept, "
+                f"resume at offset {received}",
+            )
+
+    def _commit(self, path: Path, digest: str) -> None:
+        os.replace(path, self.layout.blob(digest))
+        fsync_dir(self.layout.blobs)
+        fsync_dir(self.layout.ingest)
+
+    async def import_file(self, src: Path) -> WriteResult:
+        """Copies a local file in as a blob, hashing while copying (one pass over the data)."""
+
+        def copy() -> tuple[Path, str, int]:
+            fd, tmp = self.layout.temp_file()
+            try:
+                digest, size = _copy_hashing(src, fd)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
+            return tmp, digest, size
+
+        tmp, digest, size = await self._run(copy)
+        async with self.lock(digest):
+            existed = self.exists(digest)
+            if existed:
+                await self._run(tmp.unlink, True)
+            else:
+                await self._run(self._commit, tmp, digest)
+            self.lease(digest)
+        return WriteResult(digest, size, existed)
+
+    async def put_bytes(self, data: bytes) -> str:
+        """Stores small content (a manifest, a config) as a blob; returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        async with self.lock(digest):
+            if not self.exists(digest):
+                await self._run(self.layout.write_atomic, self.layout.blob(digest), data)
+            self.lease(digest)
+        return digest
+
+    async def read_bytes(self, digest: str) -> bytes:
+        try:
+            return await self._run(self.layout.blob(digest).read_bytes)
+        except FileNotFoundError:
+            raise not_found(f"blob {digest} is not in the store") from None
+
+    async def read(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        """The blob's bytes from `offset`, in 1 MiB chunks."""
+        path = self.layout.blob(digest)
+        try:
+            f = await self._run(open, path, "rb", 0)
+        except FileNotFoundError:
+            raise not_found(f"blob {digest} is not in the store") from None
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if not 0 <= offset <= size:
+                raise ServiceError(
+                    grpc.StatusCode.OUT_OF_RANGE, f"offset {offset} is outside blob {digest} of {size} bytes"
+                )
+            f.seek(offset)
+            while data := await self._run(f.read, READ_CHUNK):
+                yield data
+        finally:
+            f.close()
+
+    async def remove(
+        self, digests: Iterable[str], *, keep: set[str] | frozenset[str] = frozenset(), leases: bool = True
+    ) -> tuple[int, int]:
+        """Removes the blobs, skipping `keep` and (if `leases`) leased ones; returns (count, bytes)."""
+        count = reclaimed = 0
+        for digest in digests:
+            async with self.lock(digest):
+                if digest in keep or (leases and digest in self.leased()):
+                    continue
+                size = await self._run(self._unlink, self.layout.blob(digest))
+                if size is not None:
+                    count += 1
+                    reclaimed += size
+        if count:
+            await self._run(fsync_dir, self.layout.blobs)
+        return count, reclaimed
+
+    async def remove_partials(self) -> tuple[int, int]:
+        """Removes partial uploads no writer is using; returns (count, bytes)."""
+        count = reclaimed = 0
+        for path in await self._run(self.layout.partials):
+            digest = f"sha256:{path.name}"
+            if self.busy(digest):
+                continue
+            async with self.lock(digest):
+                size = await self._run(self._unlink, path)
+            if size is not None:
+                count += 1
+                reclaimed += size
+        return count, reclaimed
+
+    @staticmethod
+    def _unlink(path: Path) -> int | None:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            return size
+        except FileNotFoundError:
+            return None
+
+    def disk_usage(self) -> int:
+        return sum(p.stat().st_size for p in self.layout.blobs.iterdir() if p.is_file())

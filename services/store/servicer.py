@@ -1,0 +1,191 @@
+"""The Store's gRPC servicer: protos in and out of the ModelStore; no storage logic here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from modelrunner.store.artifact import parse_created
+from modelrunner.store.layout import check_digest
+from modelrunner.store.models import ModelInfo, ModelStore
+from modelrunner.store.package import package
+from modelrunner.v1 import store_pb2, store_pb2_grpc, types_pb2
+
+from modelrunner.common import media_types
+from modelrunner.common.errors import ServiceError, invalid
+
+SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
+
+
+def model_config(config: dict) -> types_pb2.ModelConfig:
+    c = config.get("config") or {}
+    try:
+        context_size = int(c.get("context_size") or 0)
+    except (TypeError, ValueError):
+        context_size = 0
+    return types_pb2.ModelConfig(
+        format=str(c.get("format", "")),
+        quantization=str(c.get("quantization", "")),
+        parameters=str(c.get("parameters", "")),
+        architecture=str(c.get("architecture", "")),
+        size=str(c.get("size", "")),
+        context_size=min(context_size, 2**31 - 1),
+        gguf={str(k): str(v) for k, v in (c.get("gguf") or {}).items()},
+    )
+
+
+def model_message(info: ModelInfo) -> types_pb2.Model:
+    return types_pb2.Model(
+        id=info.id,
+        tags=info.tags,
+        created=parse_created(info.config),
+        config=model_config(info.config),
+        size=info.manifest.size if info.manifest else 0,
+    )
+
+
+def whole(value: float, what: str) -> int:
+    """A byte count sent as a double: a non-negative integer."""
+    if value < 0 or not float(value).is_integer():
+        raise invalid(f"{what} {value} must be a non-negative whole number of bytes")
+    return int(value)
+
+
+async def _drain(request_iterator, limit: float) -> None:
+    """Reads what the writer still sends (up to the bytes it declared) before the call ends.
+
+    A grpc client still sending when the server answers can see INTERNAL instead of the answer, so a
+    writer that is told "existed" or an error early gets that answer reliably.
+    """
+    received = 0
+    try:
+        async for message in request_iterator:
+            received += len(message.data)
+            if received > limit:
+                return
+    except grpc.RpcError:
+        return
+
+
+class StoreServicer(store_pb2_grpc.StoreServicer):
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    async def ListModels(self, request, context) -> store_pb2.ListModelsResponse:
+        return store_pb2.ListModelsResponse(models=[model_message(i) for i in self.store.list_models()])
+
+    async def GetModel(self, request, context) -> types_pb2.Model:
+        digest, _ = self.store.resolve(request.name)
+        return model_message(self.store.info(digest))
+
+    async def DeleteModel(self, request, context) -> store_pb2.DeleteModelResponse:
+        actions = await self.store.delete(request.name, request.force)
+        return store_pb2.DeleteModelResponse(
+            actions=[store_pb2.DeleteAction(untagged=a.untagged, deleted=a.deleted) for a in actions]
+        )
+
+    async def TagModel(self, request, context) -> store_pb2.TagModelResponse:
+        tag, digest = await self.store.tag(request.source, request.repo, request.tag)
+        return store_pb2.TagModelResponse(tag=tag, model=model_message(self.store.info(digest)))
+
+    async def PackageModel(self, request, context) -> types_pb2.Model:
+        digest = await package(
+            self.store,
+            request.gguf_path,
+            request.name,
+            license_path=request.license_path,
+            chat_template_path=request.chat_template_path,
+            context_size=request.context_size,
+        )
+        return model_message(self.store.info(digest))
+
+    async def PurgeModels(self, request, context) -> store_pb2.PurgeModelsResponse:
+        count, reclaimed = await self.store.purge()
+        return store_pb2.PurgeModelsResponse(deleted_models=count, reclaimed_bytes=reclaimed)
+
+    async def Prune(self, request, context) -> store_pb2.PruneResponse:
+        count, reclaimed = await self.store.prune()
+        return store_pb2.PruneResponse(removed_blobs=count, reclaimed_bytes=reclaimed)
+
+    async def DiskUsage(self, request, context) -> store_pb2.DiskUsageResponse:
+        return store_pb2.DiskUsageResponse(models_disk_usage=await asyncio.to_thread(self.store.blobs.disk_usage))
+
+    async def ResolveModel(self, request, context) -> store_pb2.ResolvedModel:
+        digest, reference = self.store.resolve(request.name)
+        info = self.store.info(digest)
+        self.store.check_blobs(info)
+        manifest = info.manifest
+        assert manifest is not None  # check_blobs raised otherwise
+        path = self.store.blob_path
+        mmproj = manifest.layers_of(media_types.MMPROJ)
+        license_ = manifest.layers_of(media_types.LICENSE)
+        return store_pb2.ResolvedModel(
+            id=digest,
+            reference=reference,
+            config=model_config(info.config),
+            gguf_paths=[path(layer.digest) for layer in manifest.layers_of(media_types.GGUF)],
+            mmproj_path=path(mmproj[0].digest) if mmproj else "",
+            license_path=path(license_[0].digest) if license_ else "",
+            chat_template=self.store.chat_template(manifest),
+            layers=[
+                types_pb2.Descriptor(media_type=b.media_type, digest=b.digest, size=b.size, annotations=b.annotations)
+                for b in manifest.layers
+            ],
+        )
+
+    async def StatBlob(self, request, context) -> store_pb2.StatBlobResponse:
+        check_digest(request.digest)
+        stat = self.store.blobs.stat(request.digest)
+        return store_pb2.StatBlobResponse(exists=stat.exists, size=stat.size, partial=stat.partial)
+
+    async def WriteBlob(self, request_iterator, context) -> store_pb2.WriteBlobResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise invalid("the first WriteBlob message must be the header (digest, size, offset)")
+        header = first.header
+
+        async def data() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "data":
+                    raise invalid("only the first WriteBlob message may be a header")
+                yield message.data
+
+        size = offset = 0
+        try:
+            size, offset = whole(header.size, "size"), whole(header.offset, "offset")
+            result = await self.store.blobs.write(header.digest, size, offset, data())
+        except ServiceError:
+            await _drain(request_iterator, max(size - offset, 0))
+            raise
+        await _drain(request_iterator, size - offset)
+        return store_pb2.WriteBlobResponse(digest=result.digest, size=result.size, existed=result.existed)
+
+    async def ReadBlob(self, request, context) -> AsyncIterator[store_pb2.BlobChunk]:
+        check_digest(request.digest)
+        async for data in self.store.blobs.read(request.digest, whole(request.offset, "offset")):
+            yield store_pb2.BlobChunk(data=data)
+
+    async def PutManifest(self, request, context) -> types_pb2.Model:
+        digest = await self.store.put_manifest(request.manifest, list(request.tags))
+        return model_message(self.store.info(digest))
+
+    async def GetManifest(self, request, context) -> store_pb2.GetManifestResponse:
+        digest, reference = self.store.resolve(request.name)
+        info = self.store.info(digest)
+        if info.manifest is None:
+            self.store.check_blobs(info)  # DATA_LOSS naming the missing manifest
+        raw = await self.store.blobs.read_bytes(digest)
+        return store_pb2.GetManifestResponse(
+            digest=digest,
+            media_type=info.manifest.media_type if info.manifest else "",
+            manifest=raw,
+            reference=reference,
+        )
+
+
+def register(servicer: StoreServicer):
+    def add(server: grpc.aio.Server) -> None:
+        store_pb2_grpc.add_StoreServicer_to_server(servicer, server)
+
+    return add
