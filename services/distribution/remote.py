@@ -1,0 +1,48 @@
+"""A model as the registry describes it, without pulling it: manifest and config only.
+
+The config-to-proto mapping is the Store's (`model_config`, `parse_created`), so a remote model and a
+pulled one render the same JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import grpc
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.distribution.context import Context
+from modelrunner.distribution.pull import resolve
+from modelrunner.store.artifact import parse_created
+from modelrunner.store.servicer import model_config
+from modelrunner.v1 import types_pb2
+
+MAX_CONFIG_BYTES = 16 << 20
+
+
+async def remote_model(ctx: Context, name: str, insecure: bool) -> types_pb2.Model:
+    ref = ctx.reference(name)
+    async with ctx.client(ref, "pull", insecure) as client:
+        manifest = await resolve(client, ref)
+        blob = manifest.config
+        if blob.size > MAX_CONFIG_BYTES:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"model {ref}: config of {blob.size} bytes is too large")
+        response = await client.open_blob(ref.repository, blob.digest, 0)
+        try:
+            raw = await response.aread()
+        finally:
+            await response.aclose()
+    if "sha256:" + hashlib.sha256(raw).hexdigest() != blob.digest:
+        raise ServiceError(grpc.StatusCode.DATA_LOSS, f"registry {ref.registry} served a config that does not match {blob.digest}")
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"model {ref}: the config is not JSON") from None
+    return types_pb2.Model(
+        id=manifest.digest,
+        tags=[str(ref)],
+        created=parse_created(config),
+        config=model_config(config),
+        size=sum(layer.size for layer in manifest.layers),
+    )

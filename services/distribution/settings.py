@@ -1,0 +1,18 @@
+"""The Distribution's own settings (flags and MODELRUNNER_* variables), beyond the shared ones.
+
+Credentials are not flags: a password in a command line shows in `ps`. They come from the
+environment or the Docker config only (see credentials.py).
+"""
+
+from __future__ import annotations
+
+from modelrunner.common.config import Setting
+
+DEFAULT_REGISTRY = Setting("default-registry", "docker.io", "registry of names without a host")
+CA_BUNDLE = Setting("ca-bundle", "", "PEM file of CA certificates to trust for registries (default: system)")
+INSECURE_REGISTRIES = Setting(
+    "insecure-registries", "", "comma-separated registries (host[:port]) reachable over plain HTTP; loopback always is"
+)
+PULL_CONCURRENCY = Setting("pull-concurrency", "4", "layers downloaded in parallel by one pull")
+
+SETTINGS = (DEFAULT_REGISTRY, CA_BUNDLE, INSECURE_REGISTRIES, PULL_CONCURRENCY)

@@ -1,0 +1,241 @@
+"""Pulls that meet trouble, and registries that want credentials.
+
+A small HTTP proxy in front of docker-registry lets a test see every blob request (its Range and
+the bytes sent), flip a byte of a served blob, or kill the registry in the middle of a download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
+from tests.support.registry import Registry, Stack, dmr_artifact, sha256_digest, upload
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class BlobRequest:
+    range_start: int
+    sent: int = 0
+
+
+@dataclass
+class Proxy:
+    """HTTP/1.1 in front of the registry, one upstream connection per request (Connection: close).
+
+    `tamper(path, offset, data)` may change the bytes of a response body on their way to the client.
+    """
+
+    upstream: int
+    tamper: Callable[[str, int, bytes], bytes] = lambda path, offset, data: data
+    blob_requests: dict[str, list[BlobRequest]] = field(default_factory=dict)
+    port: int = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            kept = [line for line in lines[1:] if line and not line.lower().startswith("connection:")]
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+            except OSError:
+                return  # registry down: the client sees the connection close
+            up_writer.write(("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + body)
+            await up_writer.drain()
+            response_head = await up_reader.readuntil(b"\r\n\r\n")
+            writer.write(response_head)
+            record = None
+            if method == "GET" and "/blobs/sha256:" in path:
+                start = int(headers.get("range", "bytes=0-").removeprefix("bytes=").split("-")[0])
+                record = BlobRequest(start)
+                self.blob_requests.setdefault(path.rsplit("/", 1)[-1], []).append(record)
+            offset = 0
+            while data := await up_reader.read(256 * 1024):
+                data = self.tamper(path, offset, data)
+                offset += len(data)
+                if record is not None:
+                    record.sent += len(data)
+                writer.write(data)
+                await writer.drain()
+            up_writer.close()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack.start(tmp_path)
+    yield stack
+    stack.stop()
+
+
+async def pull(stack: Stack, reference: str) -> list:
+    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
+        stub = distribution_pb2_grpc.DistributionStub(channel)
+        return [m async for m in stub.PullModel(distribution_pb2.PullModelRequest(reference=reference))]
+
+
+async def list_models(stack: Stack) -> list:
+    async with grpc.aio.insecure_channel(stack.store.addr) as channel:
+        return list((await store_pb2_grpc.StoreStub(channel).ListModels(store_pb2.ListModelsRequest())).models)
+
+
+async def test_flipped_byte_is_rejected_and_nothing_committed(registry: Registry, stack: Stack, tiny_gguf: Path) -> None:
+    gguf = tiny_gguf.read_bytes()
+    manifest, blobs = dmr_artifact(gguf)
+    upload(registry.url, "ai/tiny", "v1", manifest, blobs)
+    target = sha256_digest(gguf)
+
+    def flip(path: str, offset: int, data: bytes) -> bytes:
+        if path.endswith(target) and offset <= 1000 < offset + len(data):
+            i = 1000 - offset
+            return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+        return data
+
+    proxy = Proxy(registry.port, flip)
+    await proxy.start()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await pull(stack, f"{proxy.host}/ai/tiny:v1")
+    finally:
+        await proxy.stop()
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS
+    assert target in error.value.details() and "nothing was committed" in error.value.details()
+    assert await list_models(stack) == []
+    hex_digest = target.removeprefix("sha256:")
+    assert not (stack.models_dir / "blobs" / "sha256" / hex_digest).exists()
+    assert not any(p.name == hex_digest for p in (stack.models_dir / "ingest").glob("*"))
+
+
+@pytest.mark.slow
+async def test_registry_killed_mid_pull_resumes(registry: Registry, stack: Stack) -> None:
+    weights = os.urandom(64 * CHUNK)
+    manifest, blobs = dmr_artifact(weights)
+    model_id = upload(registry.url, "ai/big", "v1", manifest, blobs)
+    target = sha256_digest(weights)
+    killed_at: list[int] = []
+
+    def kill_midway(path: str, offset: int, data: bytes) -> bytes:
+        if path.endswith(target) and not killed_at and offset >= 24 * CHUNK:
+            killed_at.append(offset)
+            registry.kill()
+            threading.Timer(1.0, registry.start).start()
+        return data
+
+    proxy = Proxy(registry.port, kill_midway)
+    await proxy.start()
+    try:
+        messages = await pull(stack, f"{proxy.host}/ai/big:v1")
+    finally:
+        await proxy.stop()
+    assert messages[-1].type == "success" and messages[-1].model_id == model_id
+    assert killed_at
+    requests = proxy.blob_requests[target]
+    assert len(requests) >= 2 and requests[0].range_start == 0
+    resumed = next(r for r in requests[1:] if r.sent)
+    refetched = requests[0].sent - resumed.range_start
+    print(f"registry killed after {requests[0].sent} bytes; resumed at {resumed.range_start}; re-fetched {refetched}")
+    assert 0 < resumed.range_start <= requests[0].sent
+    assert refetched <= 8 * CHUNK  # what was in flight between the proxy, the Distribution and the Store
+    assert resumed.range_start + resumed.sent == len(weights)
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+async def package_and_push(stack: Stack, gguf: Path, name: str) -> list:
+    async with grpc.aio.insecure_channel(stack.store.addr) as channel:
+        await store_pb2_grpc.StoreStub(channel).PackageModel(store_pb2.PackageModelRequest(gguf_path=str(gguf), name=name))
+    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
+        stub = distribution_pb2_grpc.DistributionStub(channel)
+        return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
+
+
+def logs(stack: Stack) -> str:
+    return stack.distribution.log.read_text() + stack.store.log.read_text()
+
+
+async def test_basic_auth_from_docker_config(tmp_path: Path, tiny_gguf: Path) -> None:
+    with Registry("basic") as registry:
+        config_dir = tmp_path / "docker"
+        config_dir.mkdir()
+        auth = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+        (config_dir / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+        stack = Stack.start(tmp_path / "ok", {"DOCKER_CONFIG": str(config_dir)})
+        try:
+            name = f"{registry.host}/team/model:v1"
+            assert (await package_and_push(stack, tiny_gguf, name))[-1].type == "success"
+            assert (await pull(stack, name))[-1].type == "success"
+        finally:
+            stack.stop()
+        anonymous = Stack.start(tmp_path / "anon", {"DOCKER_CONFIG": str(tmp_path / "none")})
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await pull(anonymous, name)
+        finally:
+            anonymous.stop()
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "docker login" in error.value.details() and "MODELRUNNER_REGISTRY_USERNAME" in error.value.details()
+
+
+async def test_token_auth_push_asks_for_push_scope(tmp_path: Path, tiny_gguf: Path) -> None:
+    with Registry("token") as registry:
+        env = {"MODELRUNNER_REGISTRY_USERNAME": registry.username, "MODELRUNNER_REGISTRY_PASSWORD": registry.password}
+        stack = Stack.start(tmp_path / "ok", env)
+        try:
+            name = f"{registry.host}/team/model:v1"
+            assert (await package_and_push(stack, tiny_gguf, name))[-1].type == "success"
+            async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
+                model = await distribution_pb2_grpc.DistributionStub(channel).GetRemoteModel(
+                    distribution_pb2.GetRemoteModelRequest(reference=name)
+                )
+            assert model.config.architecture == "llama"
+        finally:
+            stack.stop()
+        scopes = [s for r in registry.token_server.requests for s in r["scopes"]]
+        assert "repository:team/model:pull,push" in scopes and "repository:team/model:pull" in scopes
+        assert registry.password not in logs(stack)
+
+        wrong = {**env, "MODELRUNNER_REGISTRY_PASSWORD": "wrong-password-123"}
+        bad = Stack.start(tmp_path / "bad", wrong)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await pull(bad, name)
+        finally:
+            bad.stop()
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "wrong-password-123" not in error.value.details() and "wrong-password-123" not in logs(bad)
+        assert registry.username in error.value.details()

@@ -1,0 +1,348 @@
+"""A real OCI registry for tests: Debian's `docker-registry serve CONFIG` (CNCF distribution 2.8).
+
+It listens on 127.0.0.1 with a free port and keeps its blobs in a temporary folder, so it can be
+killed and restarted on the same port and storage (to test resumed pulls). Optional auth:
+- basic: an htpasswd file written with Apache's `htpasswd -B` (bcrypt, the only hash it accepts);
+- token: a small token server in a thread issues RS256 JWTs signed by a self-signed key made with the
+  `openssl` command line (the venv has no `cryptography`), which the registry trusts through
+  `rootcertbundle` and the token's `x5c` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+SERVICE = "modelrunner-test-registry"
+ISSUER = "modelrunner-test-issuer"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class TokenServer:
+    """Issues registry tokens (the Docker token flow) to one user, for whatever scope is asked."""
+
+    workdir: Path
+    username: str
+    password: str
+    port: int = 0
+    requests: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.key = self.workdir / "token.key"
+        self.cert = self.workdir / "token.crt"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=modelrunner-test-token", "-keyout", str(self.key), "-out", str(self.cert)],
+            check=True, capture_output=True,
+        )
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def sign(self, claims: dict) -> str:
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), check=True, capture_output=True).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def token_for(self, scopes: list[str], subject: str) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        return self.sign({"iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+                          "iat": now, "jti": uuid.uuid4().hex, "access": access})
+
+    def start(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                query = parse_qs(urlparse(self.path).query)
+                scopes = [s for value in query.get("scope", []) for s in value.split(" ")]
+                auth = self.headers.get("Authorization", "")
+                expected = "Basic " + base64.b64encode(f"{server.username}:{server.password}".encode()).decode()
+                server.requests.append({"scopes": scopes, "authenticated": auth == expected})
+                if auth != expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": server.token_for(scopes, server.username), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class Registry:
+    """A docker-registry process; `auth` is None, "basic" or "token"."""
+
+    def __init__(self, auth: str | None = None, username: str = "tester", password: str = "s3cret-pw") -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="registry-"))
+        self.port = _free_port()
+        self.username, self.password = username, password
+        self.auth = auth
+        self.token_server: TokenServer | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log = self.workdir / "registry.log"
+        self._config = self.workdir / "config.yml"
+        self._config.write_text(json.dumps(self._config_dict()))  # YAML is a superset of JSON
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def _config_dict(self) -> dict:
+        config: dict = {
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": False}},
+            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host, "secret": uuid.uuid4().hex},
+        }
+        if self.auth == "basic":
+            htpasswd = self.workdir / "htpasswd"
+            subprocess.run(["htpasswd", "-Bbc", str(htpasswd), self.username, self.password],
+                           check=True, capture_output=True)
+            config["auth"] = {"htpasswd": {"realm": "modelrunner-test", "path": str(htpasswd)}}
+        elif self.auth == "token":
+            self.token_server = TokenServer(self.workdir, self.username, self.password)
+            self.token_server.start()
+            config["auth"] = {"token": {"realm": self.token_server.realm, "service": SERVICE, "issuer": ISSUER,
+                                        "rootcertbundle": str(self.token_server.cert)}}
+        elif self.auth is not None:
+            raise ValueError(f"unknown auth {self.auth!r}")
+        return config
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self._log.open("ab")
+        self._proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self._config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {self._log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"docker-registry did not answer on {self.host}")
+
+    def _access_lines(self, method: str, fragment: str) -> int:
+        return sum(1 for line in self._log.read_text(errors="replace").splitlines()
+                   if f'"{method} /v2/' in line and fragment in line)
+
+    def blob_gets(self) -> int:
+        """GET requests for blobs the registry has logged so far."""
+        return self._access_lines("GET", "/blobs/sha256:")
+
+    def blob_uploads(self) -> int:
+        """Blob uploads the registry has completed (a cross-repository mount is not one)."""
+        return self._access_lines("PUT", "/blobs/uploads/")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: connections in flight break."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.token_server is not None:
+            self.token_server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Registry:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- artifacts laid out as Docker Model Runner pushes them, uploaded with plain HTTP calls ----------
+
+def sha256_digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def dmr_artifact(gguf: bytes, license_text: bytes = b"Apache-2.0\n") -> tuple[bytes, dict[str, bytes]]:
+    """(manifest, blobs by digest) for a model as `docker model push` lays it out."""
+    manifest, small = dmr_manifest(sha256_digest(gguf), len(gguf), license_text)
+    return manifest, {**small, sha256_digest(gguf): gguf}
+
+
+def dmr_manifest(gguf_digest: str, gguf_size: int, license_text: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """The manifest for a GGUF layer known by digest and size, and its config and license blobs."""
+    license_digest = sha256_digest(license_text)
+    config = json.dumps({
+        "config": {"format": "gguf", "quantization": "F32", "parameters": "1.00 M", "architecture": "llama",
+                   "size": f"{gguf_size} B", "context_size": 512},
+        "descriptor": {"created": "2025-01-01T00:00:00Z"},
+        "rootfs": {"type": "rootfs", "diff_ids": [gguf_digest, license_digest]},
+    }, separators=(",", ":")).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.1+json",
+                   "digest": sha256_digest(config), "size": len(config)},
+        "layers": [
+            {"mediaType": "application/vnd.docker.ai.gguf.v3", "digest": gguf_digest, "size": gguf_size},
+            {"mediaType": "application/vnd.docker.ai.license", "digest": license_digest, "size": len(license_text)},
+        ],
+    }, separators=(",", ":")).encode()
+    return manifest, {sha256_digest(config): config, license_digest: license_text}
+
+
+def upload(url: str, repository: str, tag: str, manifest: bytes, blobs: dict[str, bytes],
+           auth: tuple[str, str] | None = None,
+           media_type: str = "application/vnd.oci.image.manifest.v1+json") -> str:
+    """Monolithic uploads (POST then PUT ?digest=) and the manifest; returns the manifest digest."""
+    with httpx.Client(base_url=url, auth=auth, timeout=60) as http:
+        for digest, data in blobs.items():
+            started = http.post(f"/v2/{repository}/blobs/uploads/")
+            started.raise_for_status()
+            location = started.headers["Location"]
+            sep = "&" if "?" in location else "?"
+            http.put(f"{location}{sep}digest={digest}", content=data,
+                     headers={"Content-Type": "application/octet-stream"}).raise_for_status()
+        http.put(f"/v2/{repository}/manifests/{tag}", content=manifest,
+                 headers={"Content-Type": media_type}).raise_for_status()
+    return sha256_digest(manifest)
+
+
+# -- the Store and the Distribution as processes, for pulls and pushes against the registry ---------
+
+class ServiceProcess:
+    """`python -m modelrunner.<module>` on a free 127.0.0.1 port, ready once its health says SERVING."""
+
+    def __init__(self, module: str, env: dict[str, str], workdir: Path) -> None:
+        import os
+
+        self.module = module
+        self.port = _free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MODELRUNNER_LOG_FORMAT": "text", "MODELRUNNER_LISTEN": self.addr, **env}
+        self.log = workdir / f"{module.rsplit('.', 1)[-1]}-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> ServiceProcess:
+        import sys
+
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        root = Path(__file__).resolve().parents[2]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, cwd=root, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                with grpc.insecure_channel(self.addr) as channel:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return self
+            except grpc.RpcError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.module} did not serve within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class Stack:
+    """A Store (on `models_dir`) and a Distribution using it."""
+
+    store: ServiceProcess
+    distribution: ServiceProcess
+    models_dir: Path
+
+    @classmethod
+    def start(cls, workdir: Path, env: dict[str, str] | None = None) -> Stack:
+        workdir.mkdir(parents=True, exist_ok=True)
+        models_dir = workdir / "models"
+        store = ServiceProcess("modelrunner.store", {"MODELRUNNER_MODELS_DIR": str(models_dir)}, workdir).start()
+        try:
+            distribution = ServiceProcess(
+                "modelrunner.distribution", {"MODELRUNNER_STORE_ADDR": store.addr, **(env or {})}, workdir
+            ).start()
+        except BaseException:
+            store.stop()
+            raise
+        return cls(store, distribution, models_dir)
+
+    def stop(self) -> None:
+        self.distribution.stop()
+        self.store.stop()
