@@ -1,7 +1,7 @@
 """A model as the registry describes it, without pulling it: manifest and config only.
 
-The config-to-proto mapping is the Store's (`model_config`, `parse_created`), so a remote model and a
-pulled one render the same JSON.
+The config-to-proto mapping is shared with the Store (`modelrunner.common.artifact_config`), so a
+remote model and a pulled one render the same JSON.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import grpc
 from modelrunner.common.errors import ServiceError
 from modelrunner.distribution.context import Context
 from modelrunner.distribution.pull import resolve
-from modelrunner.store.artifact import parse_created
-from modelrunner.store.servicer import model_config
+from modelrunner.common.artifact_config import model_config, parse_created
 from modelrunner.v1 import types_pb2
 
 MAX_CONFIG_BYTES = 16 << 20

@@ -126,17 +126,6 @@ def build_config(info: GGUFInfo, gguf_layers: list[Blob], context_size: int, cre
     return json.dumps(doc, indent=2).encode()
 
 
-def parse_created(config: dict) -> float:
-    """Unix seconds of the config's `descriptor.created` (0 when absent or unreadable)."""
-    text = (config.get("descriptor") or {}).get("created")
-    if not isinstance(text, str):
-        return 0.0
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def shard_paths(first: Path) -> list[Path]:
     """All shards of a sharded GGUF (`name-00001-of-00003.gguf`), in order; else just `first`."""
     m = _SHARD_RE.match(first.name)

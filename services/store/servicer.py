@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from modelrunner.store.artifact import parse_created
+from modelrunner.common.artifact_config import model_config, parse_created
 from modelrunner.store.layout import check_digest
 from modelrunner.store.models import ModelInfo, ModelStore
 from modelrunner.store.package import package
@@ -16,23 +16,6 @@ from modelrunner.common import media_types
 from modelrunner.common.errors import ServiceError, invalid
 
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
-
-
-def model_config(config: dict) -> types_pb2.ModelConfig:
-    c = config.get("config") or {}
-    try:
-        context_size = int(c.get("context_size") or 0)
-    except (TypeError, ValueError):
-        context_size = 0
-    return types_pb2.ModelConfig(
-        format=str(c.get("format", "")),
-        quantization=str(c.get("quantization", "")),
-        parameters=str(c.get("parameters", "")),
-        architecture=str(c.get("architecture", "")),
-        size=str(c.get("size", "")),
-        context_size=min(context_size, 2**31 - 1),
-        gguf={str(k): str(v) for k, v in (c.get("gguf") or {}).items()},
-    )
 
 
 def model_message(info: ModelInfo) -> types_pb2.Model:

@@ -10,13 +10,13 @@ import pytest
 from modelrunner.store.artifact import (
     Blob,
     build_config,
-    parse_created,
     parse_manifest,
     render_manifest,
     shard_paths,
 )
 
 from modelrunner.common import media_types
+from modelrunner.common.artifact_config import parse_created
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.gguf_info import read_gguf_info
 
