@@ -1,0 +1,184 @@
+"""The `modelrunner` CLI against the live stack that `modelrunner up` starts (real processes, free ports).
+
+One stack for the module, started in the background with a temporary data directory and no default
+model; the tiny GGUF is packaged through the CLI. A real registry process serves push and pull.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.conftest import free_port
+from tests.support.registry import Registry
+
+MODELRUNNER = str(Path(sys.executable).parent / "modelrunner")
+TINY = "ai/tiny:v1"
+
+
+class Cli:
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "MODELRUNNER_HOST": self.url, "MODELRUNNER_DATA_DIR": str(data_dir),
+                    "COLUMNS": "200", "MODELRUNNER_SHUTDOWN_GRACE": "5"}
+
+    def __call__(self, *args: str, ok: bool = True, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run([MODELRUNNER, *args], env=self.env, input=stdin, capture_output=True, text=True,
+                                timeout=timeout)
+        if ok:
+            assert result.returncode == 0, f"modelrunner {' '.join(args)}: {result.stderr}"
+        return result
+
+
+def one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Cli]:
+    port = free_port()
+    cli = Cli(tmp_path_factory.mktemp("stack"), port)
+    started = time.monotonic()
+    up = cli("up", "--port", str(port), "--grpc-base-port", "0", "--no-default-model", ok=False, timeout=200)
+    try:
+        assert up.returncode == 0, up.stderr + "\n" + (cli.data_dir / "logs" / "launcher.log").read_text()
+        print(f"\nmodelrunner up (background, no default model): {time.monotonic() - started:.1f}s")
+        assert cli.url in up.stdout
+        cli("package", str(tiny_gguf), TINY)
+        yield cli
+    finally:
+        down = cli("down", ok=False, timeout=60)
+        assert down.returncode == 0, down.stderr
+    assert not (cli.data_dir / "run" / "stack.json").exists()
+
+
+def test_status_reports_every_service(cli: Cli) -> None:
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["gateway_http"] == "SERVING"
+    assert {name: s["health"] for name, s in report["services"].items()} == dict.fromkeys(
+        ["store", "distribution", "runner", "gateway"], "SERVING")
+    assert "runner" in cli("status").stdout
+
+
+def test_ls_shows_the_packaged_model(cli: Cli) -> None:
+    models = json.loads(cli("ls", "--json").stdout)
+    tiny = next(m for m in models if "docker.io/ai/tiny:v1" in m["tags"])
+    assert tiny["id"].startswith("sha256:") and tiny["config"]["format"] == "gguf"
+    table = cli("ls").stdout
+    assert "ai/tiny:v1" in table and tiny["id"][7:19] in table and "llama" in table
+    assert tiny["id"] in cli("ls", "-q").stdout.split()
+    assert json.loads(cli("inspect", TINY).stdout)["id"] == tiny["id"]
+
+
+def test_run_one_shot_and_from_stdin(cli: Cli) -> None:
+    answer = cli("run", "--max-tokens", "16", TINY, "Say hi")
+    assert answer.stdout.strip(), "the model answered nothing"
+    piped = cli("run", "--max-tokens", "16", TINY, stdin="Say hi from stdin\n")
+    assert piped.stdout.strip()
+
+
+def test_ps_configure_unload_df(cli: Cli) -> None:
+    cli("run", "--max-tokens", "4", TINY, "load it")
+    running = json.loads(cli("ps", "--json").stdout)
+    assert any("ai/tiny:v1" in r["model_name"] for r in running)
+    assert "ai/tiny:v1" in cli("ps").stdout
+    cli("configure", TINY, "--context-size", "256", "--keep-alive", "10m")
+    settings = json.loads(cli("configure", "show", "--json").stdout)
+    assert any("ai/tiny" in s["model"] and s.get("context-size") == 256 for s in settings)
+    assert "Unloaded" in cli("unload", "--all").stdout
+    assert json.loads(cli("df", "--json").stdout)["models_disk_usage"] > 0
+
+
+def test_tag_and_rm(cli: Cli) -> None:
+    cli("tag", TINY, "ai/tiny:copy")
+    assert "docker.io/ai/tiny:copy" in json.loads(cli("inspect", "ai/tiny:copy").stdout)["tags"]
+    removed = cli("rm", "ai/tiny:copy").stdout
+    assert "Untagged" in removed
+    one_line_failure(cli("inspect", "ai/tiny:copy", ok=False), "ai/tiny:copy")
+
+
+def test_failures_are_one_line_and_non_zero(cli: Cli) -> None:
+    one_line_failure(cli("inspect", "ai/never-heard-of:it", ok=False), "never-heard-of")
+    one_line_failure(cli("rm", "ai/never-heard-of:it", ok=False), "never-heard-of")
+    one_line_failure(cli("run", "Bad Name", "x", ok=False), "Bad Name")
+    one_line_failure(cli("logs", "nosuch", ok=False), "unknown service")
+    down = Cli(cli.data_dir, free_port())
+    one_line_failure(down("ls", ok=False), "modelrunner up")
+
+
+def test_logs_show_each_service(cli: Cli) -> None:
+    out = cli("logs", "store", "-n", "5").stdout
+    assert out.strip() and all(line.startswith("store") for line in out.splitlines() if "|" in line)
+    assert "gateway" in cli("logs", "-n", "2").stdout
+
+
+def test_push_then_pull_through_a_registry(cli: Cli) -> None:
+    with Registry() as registry:
+        remote = f"{registry.host}/test/tiny:v1"
+        cli("tag", TINY, remote)
+        pushed = cli("push", remote)
+        assert pushed.returncode == 0
+        cli("rm", remote)
+        pulled = cli("pull", remote)
+        assert "Pulling" in pulled.stderr or pulled.stdout.strip()
+        assert f"{remote}" in cli("ls").stdout
+
+
+def test_repl_through_a_terminal(cli: Cli) -> None:
+    child = pexpect.spawn(MODELRUNNER, ["run", "--max-tokens", "16", TINY], env=cli.env, encoding="utf-8", timeout=60)
+    try:
+        child.expect("/bye")
+        child.expect(">>> ")
+        child.sendline("hello")
+        child.expect(">>> ")  # the answer streamed, then the prompt again
+        child.sendline('"""first line')
+        child.expect(r"\.\.\. ")
+        child.sendline('second line"""')
+        child.expect(">>> ")
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.timeout(240)
+def test_up_in_the_foreground_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MODELRUNNER_SHUTDOWN_GRACE": "5"}
+    process = subprocess.Popen(
+        [MODELRUNNER, "up", "-f", "--data-dir", str(tmp_path), "--port", str(port), "--grpc-base-port", "0",
+         "--no-default-model"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 180
+        while "is up" not in line and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        assert "is up" in line and f"127.0.0.1:{port}" in line
+        state = json.loads((tmp_path / "run" / "stack.json").read_text())
+        pids = [s["pid"] for s in state["services"].values()]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert not (tmp_path / "run" / "stack.json").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
