@@ -28,11 +28,12 @@ def model_config(config: dict) -> types_pb2.ModelConfig:
 
 
 def parse_created(config: dict) -> float:
-    """Unix seconds of the config's `descriptor.created` (0 when absent or unreadable)."""
+    """Whole unix seconds of the config's `descriptor.created` (0 when absent or unreadable), as
+    Docker Model Runner shows `created`."""
     text = (config.get("descriptor") or {}).get("created")
     if not isinstance(text, str):
         return 0.0
     try:
-        return datetime.fromisoformat(text).timestamp()
+        return float(int(datetime.fromisoformat(text).timestamp()))
     except ValueError:
         return 0.0

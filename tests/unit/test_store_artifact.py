@@ -57,7 +57,7 @@ def test_config_has_docker_model_runner_fields(tiny_gguf: Path):
     assert doc["config"]["format"] == "gguf" and doc["config"]["architecture"] == "llama"
     assert doc["config"]["context_size"] == info.context_length and doc["config"]["size"].endswith("kB")
     assert doc["rootfs"] == {"type": "rootfs", "diff_ids": [D1]}
-    assert parse_created(doc) == created.timestamp()
+    assert parse_created(doc) == int(created.timestamp())
     assert json.loads(build_config(info, [layer], 128, created))["config"]["context_size"] == 128
 
 

@@ -1,0 +1,124 @@
+"""Renders deploy/envoy/envoy.yaml for an Envoy outside Docker: in front of services on this machine.
+
+Only addresses and paths change (upstreams, listener and admin ports, the descriptor set); the routes,
+filters and timeouts stay those of the edge that compose and Kubernetes run.
+
+Usage: python deploy/envoy/render.py --descriptors OUT.pb --listen 127.0.0.1:8080 \
+           [--upstream store=127.0.0.1:12435 ...] > envoy-local.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+ENVOY_YAML = pathlib.Path(__file__).resolve().with_name("envoy.yaml")
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+# The upstreams the edge routes to, as the local launcher starts them.
+LOCAL_UPSTREAMS = {
+    "gateway": "127.0.0.1:12434",
+    "store": "127.0.0.1:12435",
+    "distribution": "127.0.0.1:12436",
+    "runner": "127.0.0.1:12437",
+}
+
+
+def load() -> dict[str, Any]:
+    return yaml.safe_load(ENVOY_YAML.read_text())
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
+def _socket(node: dict[str, Any], address: str) -> None:
+    host, port = _split(address)
+    node["socket_address"] = {"address": host, "port_value": port}
+
+
+def http_managers(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The HTTP connection managers of every listener, in order (the edge's first)."""
+    return [
+        f["typed_config"]
+        for listener in config["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for f in chain["filters"]
+        if f["name"] == "envoy.filters.network.http_connection_manager"
+    ]
+
+
+def edge_routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The edge listener's routes, in match order."""
+    return http_managers(config)[0]["route_config"]["virtual_hosts"][0]["routes"]
+
+
+def render(
+    config: dict[str, Any],
+    *,
+    descriptors: pathlib.Path,
+    upstreams: Mapping[str, str],
+    listen: str | None = None,
+    probes_listen: str | None = None,
+    admin: str | None = None,
+) -> dict[str, Any]:
+    """Points `config` (envoy.yaml, loaded) at local addresses; returns it."""
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name, address in upstreams.items():
+        if name not in clusters:
+            raise ValueError(f"envoy.yaml has no cluster {name!r} (it has {sorted(clusters)})")
+        _socket(clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"], address)
+    listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
+    if listen:
+        _socket(listeners["edge"]["address"], listen)
+    if probes_listen:
+        _socket(listeners["probes"]["address"], probes_listen)
+    if admin:
+        _socket(config["admin"]["address"], admin)
+        _socket(clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"], admin)
+    for manager in http_managers(config):
+        for f in manager.get("http_filters", []):
+            if f["name"] == TRANSCODER:
+                f["typed_config"]["proto_descriptor"] = str(descriptors)
+        for host in manager["route_config"]["virtual_hosts"]:
+            for route in host["routes"]:
+                per_route = route.get("typed_per_filter_config", {}).get(TRANSCODER)
+                if per_route is not None:
+                    per_route["proto_descriptor"] = str(descriptors)
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--descriptors", type=pathlib.Path, required=True, help="from build_descriptors.py")
+    parser.add_argument("--listen", required=True, help="the edge's host:port (the local gateway holds 12434)")
+    parser.add_argument("--probes-listen", default="127.0.0.1:9902")
+    parser.add_argument("--admin", default="127.0.0.1:9901")
+    parser.add_argument(
+        "--upstream", action="append", default=[], metavar="NAME=HOST:PORT", help="override a local upstream"
+    )
+    args = parser.parse_args(argv)
+    upstreams = dict(LOCAL_UPSTREAMS)
+    for item in args.upstream:
+        name, _, address = item.partition("=")
+        upstreams[name] = address
+    config = render(
+        load(),
+        descriptors=args.descriptors.resolve(),
+        upstreams=upstreams,
+        listen=args.listen,
+        probes_listen=args.probes_listen,
+        admin=args.admin,
+    )
+    yaml.safe_dump(config, sys.stdout, sort_keys=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""deploy/envoy: the descriptor set compiles from protos/, and the real Envoy accepts envoy.yaml with it
+(`envoy --mode validate`; only the descriptor path is changed from the image's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_deploy_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"deploy_envoy_{name}", ROOT / "deploy" / "envoy" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = load_deploy_module("render")
+build_descriptors = load_deploy_module("build_descriptors")
+ENVOY = Path(sys.executable).parent / "envoy"
+
+
+@pytest.fixture(scope="module")
+def descriptors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_descriptors.build(tmp_path_factory.mktemp("envoy") / "modelrunner.pb")
+
+
+def validate(config: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_descriptor_set_holds_every_service_and_its_imports(descriptors: Path) -> None:
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes())
+    names = {f.name for f in files.file}
+    assert {"google/api/annotations.proto", "google/api/http.proto", "modelrunner/v1/store.proto"} <= names
+    services = {f"{f.package}.{s.name}" for f in files.file for s in f.service}
+    assert {"modelrunner.v1.Store", "modelrunner.v1.Distribution", "modelrunner.v1.Runner"} <= services
+
+
+def test_only_response_bodies_envoy_cannot_serve_are_dropped(descriptors: Path) -> None:
+    """Every annotation survives; only non-HttpBody `response_body`s are cleared (Envoy rejects them)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes())
+    rules = {
+        m.name: m.options.Extensions[annotations_pb2.http]
+        for f in files.file
+        for s in f.service
+        for m in s.method
+        if m.options.HasExtension(annotations_pb2.http)
+    }
+    assert rules["ListModels"].get == "/models" and rules["GetModel"].get == "/models/{name=**}"
+    assert rules["PullModel"].post == "/models/create"
+    assert all(not rule.response_body for rule in rules.values())
+
+
+def test_envoy_validates_the_edge(descriptors: Path, tmp_path: Path) -> None:
+    config = render.render(render.load(), descriptors=descriptors, upstreams={})
+    done = validate(config, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "OK" in done.stdout + done.stderr
+
+
+def test_envoy_rejects_a_broken_edge(descriptors: Path, tmp_path: Path) -> None:
+    """The validation is real: a route to a cluster that does not exist fails it."""
+    config = render.render(render.load(), descriptors=descriptors, upstreams={})
+    render.edge_routes(config)[0]["route"]["cluster"] = "nowhere"
+    assert validate(config, tmp_path).returncode != 0
+
+
+def test_edge_routes(descriptors: Path) -> None:
+    """Streams have no total deadline; gRPC goes to the service its path names; the rest to the gateway."""
+    routes = render.edge_routes(render.load())
+    grpc = {r["match"]["prefix"]: r["route"]["cluster"] for r in routes if "grpc" in r["match"]}
+    assert grpc == {
+        "/modelrunner.v1.Store/": "store",
+        "/modelrunner.v1.Distribution/": "distribution",
+        "/modelrunner.v1.Runner/": "runner",
+    }
+    transcoded = next(r for r in routes if r["match"].get("headers"))
+    assert transcoded["match"]["headers"] == [{"name": "x-modelrunner-transcode", "present_match": True}]
+    assert render.TRANSCODER in transcoded["typed_per_filter_config"]
+    streams = next(r for r in routes if "safe_regex" in r["match"] and not r["match"].get("headers"))
+    assert streams["route"]["timeout"] == "0s" and streams["route"]["cluster"] == "gateway"
+    pattern = re.compile(streams["match"]["safe_regex"]["regex"])
+    for path in ("/v1/chat/completions", "/engines/v1/completions", "/engines/llama.cpp/v1/chat/completions",
+                 "/models/create", "/models/ai/gemma3:latest/push"):
+        assert pattern.search(path), path
+    for path in ("/v1/models", "/v1/embeddings", "/models", "/models/ai/gemma3"):
+        assert not pattern.search(path), path
+    assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["route"]["timeout"] != "0s"
+
+
+def test_local_render_points_every_upstream_at_this_machine(descriptors: Path) -> None:
+    config = render.render(
+        render.load(), descriptors=descriptors, upstreams=render.LOCAL_UPSTREAMS, listen="127.0.0.1:8080"
+    )
+    for cluster in config["static_resources"]["clusters"]:
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert address["socket_address"]["address"] == "127.0.0.1"
+    with pytest.raises(ValueError, match="no cluster 'nope'"):
+        render.render(render.load(), descriptors=descriptors, upstreams={"nope": "127.0.0.1:1"})
