@@ -66,7 +66,7 @@ def parse(description: str, settings: Sequence[Setting], argv: Sequence[str] | N
             f"--{setting.name}",
             dest=setting.dest,
             default=setting.value(),
-            help=f"{setting.help} (env {setting.env}, default {setting.default!r})",
+            help=f"{setting.help} (env {setting.env}, default {setting.default!r})".replace("%", "%%"),
         )
     return parser.parse_args(argv)
 

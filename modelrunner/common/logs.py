@@ -44,3 +44,6 @@ def setup_logging(service: str, level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The OpenTelemetry gRPC aio interceptor detaches its context in another asyncio Context when a
+    # stream is cancelled and logs a traceback for it each time; the span is still ended correctly.
+    logging.getLogger("opentelemetry.context").setLevel(logging.CRITICAL)

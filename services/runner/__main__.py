@@ -1,0 +1,3 @@
+from modelrunner.runner.main import main
+
+main()

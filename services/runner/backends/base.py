@@ -1,0 +1,133 @@
+"""The engine interface the Runner schedules on: a backend loads a model into a `LoadedModel`.
+
+The scheduler and the lifecycle manager only speak to these types, so another engine (vLLM on GPU
+nodes) can plug in without touching them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load one model; zero/None fields take the backend's default."""
+
+    context_size: int = 0      # tokens of the unified KV cache shared by all slots; 0: min(trained, 8192)
+    parallel: int = 4          # sequences decoded together (slots)
+    gpu_layers: int | None = None  # None: all when the backend can offload, else 0
+    flash_attention: bool | None = None  # None: the backend decides
+    batch_size: int = 512      # tokens per decode step (prompt chunks + one per running sequence)
+    threads: int = 0           # 0: the CPU cores this process may use
+    runtime_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: int
+    kv_cache_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes
+
+
+@dataclass
+class ModelFacts:
+    """What the loaded model says about itself, read once at load time."""
+
+    architecture: str
+    context_size: int          # the context actually allocated
+    trained_context: int
+    parallel: int
+    gpu_layers: int
+    vocab_size: int
+    chat_template: str | None  # from the GGUF metadata
+    bos_text: str
+    eos_text: str
+    stop_tokens: frozenset[int] = field(default_factory=frozenset)  # end of generation
+
+
+class LoadedModel(ABC):
+    """A model in memory with its decode context. Only the scheduler's thread calls the decode
+    methods; tokenize/piece are safe from any thread (they only read the vocabulary)."""
+
+    facts: ModelFacts
+    memory: MemoryEstimate
+
+    @abstractmethod
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    @abstractmethod
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (special tokens render as empty)."""
+
+    @abstractmethod
+    def token_for_text(self, text: str) -> int | None:
+        """The single special token spelt `text` (e.g. "<end_of_turn>"), if the vocabulary has one."""
+
+    # Decode-step API, used by the scheduler's thread only.
+    @abstractmethod
+    def batch_clear(self) -> None: ...
+
+    @abstractmethod
+    def batch_add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
+        """Appends a token to the step's batch; returns its index in the batch."""
+
+    @abstractmethod
+    def decode(self) -> int:
+        """Runs the batch: 0 on success, 1 when the KV cache has no room, <0 on error."""
+
+    @abstractmethod
+    def logits(self, batch_index: int) -> np.ndarray:
+        """A writable zero-copy view of the logits row of a batch token (valid until the next decode)."""
+
+    @abstractmethod
+    def clear_sequence(self, seq: int) -> None:
+        """Frees the KV cells of a sequence."""
+
+    @abstractmethod
+    def grammar(self, gbnf: str) -> Grammar: ...
+
+    @abstractmethod
+    def embed(self, inputs: Sequence[list[int]]) -> list[np.ndarray]:
+        """Pooled, L2-normalised embeddings of tokenized inputs (blocking)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Grammar(ABC):
+    """A grammar constraint for one sequence."""
+
+    @abstractmethod
+    def apply(self, logits: np.ndarray) -> None:
+        """Sets the logits of tokens the grammar forbids here to -inf, in place."""
+
+    @abstractmethod
+    def accept(self, token: int) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @abstractmethod
+    def gpu_available(self) -> bool: ...
+
+    @abstractmethod
+    def estimate_memory(self, gguf_paths: Sequence[str], options: LoadOptions) -> MemoryEstimate:
+        """What loading would take, before loading (blocking, fast)."""
+
+    @abstractmethod
+    def load(self, gguf_paths: Sequence[str], options: LoadOptions) -> LoadedModel:
+        """Loads a model (blocking, seconds); raises ValueError when the file cannot be loaded."""

@@ -1,0 +1,104 @@
+"""`python -m modelrunner.runner`: the Runner process (flags and MODELRUNNER_* variables, see --help)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelrunner.common import config
+from modelrunner.common.config import Setting
+from modelrunner.common.server import grace_seconds, init_process, serve
+from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.manager import ManagerConfig, ModelManager
+from modelrunner.runner.metrics import RunnerMetrics
+from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
+from modelrunner.runner.resolver import StoreResolver
+from modelrunner.runner.service import RunnerService
+from modelrunner.v1 import runner_pb2, runner_pb2_grpc
+
+SERVICE_NAME = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
+
+STATE_DIR = Setting("runner-state-dir", "", "the Runner's persisted settings (default: DATA_DIR/runner)")
+PARALLEL = Setting("runner-parallel", "4", "sequences decoded together per model (slots)")
+CONTEXT_SIZE = Setting("runner-context-size", "0", "default KV cache tokens per model, shared by its slots (0: min(trained, 8192))")
+KEEP_ALIVE = Setting("runner-keep-alive", "5m", "how long an idle model stays loaded ('0': unload at once, '-1': forever)")
+MAX_MODELS = Setting("runner-max-models", "3", "models loaded at most at once")
+MEMORY_BUDGET = Setting("runner-memory-budget", "0", "bytes all loaded models may take (0: 9 tenths of the RAM available at start)")
+MAX_QUEUE = Setting("runner-max-queue", "64", "requests waiting per model before RESOURCE_EXHAUSTED")
+THREADS = Setting("runner-threads", "0", "CPU threads per decode (0: the cores this process may use)")
+BATCH_SIZE = Setting("runner-batch-size", "512", "tokens per decode step (prompt chunks + running sequences)")
+
+SETTINGS = (
+    config.LISTEN, config.STORE_ADDR, config.DATA_DIR, STATE_DIR, PARALLEL, CONTEXT_SIZE, KEEP_ALIVE,
+    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, *config.COMMON,
+)
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, or 0 (no limit) where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def manager_config(args) -> ManagerConfig:
+    def positive(name: str, value: str) -> int:
+        number = int(value)
+        if number < 0:
+            raise SystemExit(f"modelrunner runner: --{name} must be >= 0, not {value}")
+        return number
+
+    try:
+        parse_keep_alive(args.runner_keep_alive)
+        budget = positive("runner-memory-budget", args.runner_memory_budget) or int(available_memory() * 0.9)
+        return ManagerConfig(
+            max_loaded=max(1, positive("runner-max-models", args.runner_max_models)),
+            memory_budget=budget,
+            keep_alive=args.runner_keep_alive,
+            max_queue=positive("runner-max-queue", args.runner_max_queue),
+            defaults=LoadOptions(
+                context_size=positive("runner-context-size", args.runner_context_size),
+                parallel=max(1, positive("runner-parallel", args.runner_parallel)),
+                threads=positive("runner-threads", args.runner_threads),
+                batch_size=max(1, positive("runner-batch-size", args.runner_batch_size)),
+            ),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"modelrunner runner: {exc}") from None
+
+
+async def run(args) -> None:
+    state_dir = Path(args.runner_state_dir).expanduser() if args.runner_state_dir else config.data_dir(args.data_dir) / "runner"
+    resolver = StoreResolver(args.store_addr)
+    manager = ModelManager(
+        LlamaCppBackend(), resolver, SettingsStore(state_dir), manager_config(args), metrics_factory=RunnerMetrics
+    )
+    expiry = asyncio.create_task(manager.run_expiry())
+
+    async def on_stop() -> None:
+        expiry.cancel()
+        await manager.close()
+        await resolver.close()
+
+    def register(server) -> None:
+        runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(manager), server)
+
+    await serve(
+        "runner",
+        args.listen or config.RUNNER_ADDR.value(),
+        [SERVICE_NAME],
+        register,
+        grace=grace_seconds(args),
+        on_stop=on_stop,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = config.parse("The Model Runner Runner: loads models and serves them with continuous batching.", SETTINGS, argv)
+    init_process("runner", args)
+    asyncio.run(run(args))

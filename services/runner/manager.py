@@ -1,0 +1,271 @@
+"""Model lifecycle: load on first use, keep-alive, at most N models, a memory budget, LRU eviction.
+
+A model with requests in flight (a lease) is never evicted or expired. Time comes from an injectable
+clock, so tests drive keep-alive and eviction with a fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.common.gguf_info import human_size
+from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions, MemoryEstimate
+from modelrunner.runner.chat import ChatRenderer, TemplateError, choose_format
+from modelrunner.runner.metrics import RunnerMetrics
+from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
+from modelrunner.runner.resolver import ModelResolver, ResolvedModel
+from modelrunner.runner.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+
+@dataclass
+class ManagerConfig:
+    max_loaded: int = 3
+    memory_budget: int = 0  # bytes; 0: no limit
+    keep_alive: str = "5m"
+    defaults: LoadOptions = field(default_factory=LoadOptions)
+    max_queue: int = 64
+
+
+@dataclass
+class Loaded:
+    """A model in memory and what the lifecycle needs to know about it."""
+
+    resolved: ResolvedModel
+    model: LoadedModel
+    scheduler: Scheduler
+    renderer: ChatRenderer | None
+    stop_tokens: frozenset[int]
+    memory: MemoryEstimate
+    keep_alive: float | None  # seconds; None: forever
+    keep_alive_text: str
+    last_used: float
+    leases: int = 0
+    stale: bool = False  # its settings changed: reload when idle
+
+    @property
+    def name(self) -> str:
+        return self.resolved.reference
+
+    def expires_at(self) -> float | None:
+        if self.keep_alive is None or self.leases:
+            return None
+        return self.last_used + self.keep_alive
+
+
+class ModelManager:
+    def __init__(
+        self,
+        backend: Backend,
+        resolver: ModelResolver,
+        settings: SettingsStore,
+        config: ManagerConfig,
+        *,
+        clock: Clock = time.time,
+        metrics_factory: Callable[[Callable], RunnerMetrics] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.resolver = resolver
+        self.settings = settings
+        self.config = config
+        self.clock = clock
+        self._loaded: dict[str, Loaded] = {}
+        self._loading: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._room = asyncio.Lock()  # one eviction-and-load decision at a time
+        self.metrics = metrics_factory(self._snapshot) if metrics_factory else None
+
+    # queries ------------------------------------------------------------------------------------
+    def loaded(self) -> list[Loaded]:
+        return list(self._loaded.values())
+
+    def is_loading(self, reference: str) -> bool:
+        return reference in self._loading
+
+    def _snapshot(self):
+        return [(e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes) for e in self.loaded()]
+
+    # leases -------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def acquire(self, name: str, keep_alive: str = "") -> AsyncIterator[Loaded]:
+        """The loaded model for `name` (loading it if needed), held for the duration of the block."""
+        keep = self._keep_alive(keep_alive) if keep_alive else None
+        entry = await self._get(name)
+        entry.leases += 1
+        if keep_alive:
+            entry.keep_alive, entry.keep_alive_text = keep, keep_alive
+        try:
+            yield entry
+        finally:
+            entry.leases -= 1
+            entry.last_used = self.clock()
+            if entry.leases == 0 and (entry.keep_alive == 0 or entry.stale):
+                await self._unload(entry)
+
+    async def load(self, name: str, keep_alive: str = "") -> Loaded:
+        async with self.acquire(name, keep_alive) as entry:
+            return entry
+
+    async def _get(self, name: str) -> Loaded:
+        # Loaded models are keyed by model id, so two tags of one model share one copy in memory.
+        resolved = await self.resolver.resolve(name)
+        key = resolved.model_id
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            entry = self._loaded.get(key)
+            if entry is not None and not entry.stale:
+                return entry
+            if entry is not None:  # its settings changed
+                await self._unload_when_idle(entry)
+            self._loading.add(resolved.reference)
+            try:
+                return await self._load(resolved)
+            finally:
+                self._loading.discard(resolved.reference)
+
+    async def _unload_when_idle(self, entry: Loaded) -> None:
+        if entry.leases == 0:
+            await self._unload(entry)
+        else:
+            entry.stale = True
+            self._loaded.pop(entry.resolved.model_id, None)
+
+    async def _load(self, resolved: ResolvedModel) -> Loaded:
+        user = self.settings.get(resolved.reference)
+        options = user.load_options(self.config.defaults)
+        try:
+            memory = await asyncio.to_thread(self.backend.estimate_memory, list(resolved.gguf_paths), options)
+        except ValueError as exc:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {resolved.reference}: {exc}")
+        async with self._room:
+            await self._make_room(resolved.reference, memory)
+            started = time.perf_counter()
+            try:
+                model = await asyncio.to_thread(self.backend.load, list(resolved.gguf_paths), options)
+            except ValueError as exc:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {resolved.reference}: {exc}"
+                ) from exc
+            try:
+                renderer, stops = self._chat(resolved, model)
+            except TemplateError:
+                renderer, stops = None, frozenset()
+                log.warning("unusable chat template", extra={"fields": {"model": resolved.reference}})
+            keep_text = user.keep_alive or self.config.keep_alive
+            entry = Loaded(
+                resolved=resolved,
+                model=model,
+                scheduler=Scheduler(
+                    model, name=resolved.reference, max_queue=self.config.max_queue, metrics=self.metrics
+                ),
+                renderer=renderer,
+                stop_tokens=stops,
+                memory=memory,
+                keep_alive=self._keep_alive(keep_text),
+                keep_alive_text=keep_text,
+                last_used=self.clock(),
+            )
+            self._loaded[resolved.model_id] = entry
+        log.info(
+            "model loaded",
+            extra={"fields": {
+                "model": resolved.reference, "seconds": round(time.perf_counter() - started, 3),
+                "context": model.facts.context_size, "slots": model.facts.parallel,
+                "gpu_layers": model.facts.gpu_layers, "memory": memory.total_bytes,
+            }},
+        )
+        return entry
+
+    @staticmethod
+    def _chat(resolved: ResolvedModel, model: LoadedModel) -> tuple[ChatRenderer, frozenset[int]]:
+        fmt = choose_format(model.facts.chat_template, resolved.chat_template, model.facts.architecture)
+        renderer = ChatRenderer(fmt, model.facts.bos_text, model.facts.eos_text)
+        stops = {model.token_for_text(s) for s in fmt.stop}
+        return renderer, frozenset(t for t in stops if t is not None)
+
+    async def _make_room(self, reference: str, memory: MemoryEstimate) -> None:
+        budget = self.config.memory_budget
+        if budget and memory.total_bytes > budget:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{reference} needs about {human_size(memory.total_bytes)} (weights "
+                f"{human_size(memory.weights_bytes)} + KV cache {human_size(memory.kv_cache_bytes)}) but the "
+                f"memory budget is {human_size(budget)}: lower its context size or raise the budget",
+            )
+        while self._loaded and (
+            len(self._loaded) >= self.config.max_loaded
+            or (budget and self._used() + memory.total_bytes > budget)
+        ):
+            idle = [e for e in self._loaded.values() if e.leases == 0]
+            if not idle:
+                busy = ", ".join(sorted(e.name for e in self._loaded.values()))
+                raise ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"cannot load {reference}: no room (max {self.config.max_loaded} models, budget "
+                    f"{human_size(budget) if budget else 'unlimited'}) and every loaded model is in use "
+                    f"({busy}); retry later",
+                )
+            victim = min(idle, key=lambda e: e.last_used)
+            log.info("evicting", extra={"fields": {"model": victim.name, "for": reference}})
+            await self._unload(victim)
+
+    def _used(self) -> int:
+        return sum(e.memory.total_bytes for e in self._loaded.values())
+
+    def _keep_alive(self, text: str) -> float | None:
+        try:
+            return parse_keep_alive(text)
+        except ValueError as exc:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+    # unloading ----------------------------------------------------------------------------------
+    async def _unload(self, entry: Loaded) -> None:
+        if self._loaded.get(entry.resolved.model_id) is entry:
+            del self._loaded[entry.resolved.model_id]
+        await asyncio.to_thread(entry.scheduler.close)
+        log.info("model unloaded", extra={"fields": {"model": entry.name}})
+
+    async def unload(self, names: list[str] | None) -> int:
+        """Unloads the named models (all when None); those in use finish their requests first."""
+        count = 0
+        for entry in self.loaded():
+            if names is None or entry.name in names:
+                await self._unload_when_idle(entry)
+                count += 1
+        return count
+
+    def mark_stale(self, reference: str) -> None:
+        """Its settings changed: reload on next use (now if idle)."""
+        for entry in self.loaded():
+            if entry.name == reference:
+                entry.stale = True
+
+    async def expire_idle(self) -> list[str]:
+        """Unloads idle models whose keep-alive has passed (and stale idle ones); returns their names."""
+        now = self.clock()
+        gone = []
+        for entry in self.loaded():
+            expires = entry.expires_at()
+            if entry.leases == 0 and (entry.stale or (expires is not None and expires <= now)):
+                await self._unload(entry)
+                gone.append(entry.name)
+        return gone
+
+    async def run_expiry(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.expire_idle()
+
+    async def close(self) -> None:
+        for entry in self.loaded():
+            await self._unload(entry)

@@ -1,0 +1,66 @@
+"""The Runner's OpenTelemetry instruments (exported for Prometheus by common.telemetry).
+
+Names follow what operators know from llama.cpp's server and vLLM: seconds for latencies, totals for
+counters, and gauges read at collection time from the live schedulers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+# Latency buckets in seconds, from 5 ms inter-token gaps to 60 s queued first tokens.
+_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5, 5, 10, 20, 60)
+
+
+class RunnerMetrics:
+    """Histograms and counters the decode loops record; gauges observed from `snapshot`."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, int, int, float]]]) -> None:
+        """`snapshot()` yields (model, active sequences, queued requests, memory bytes) per loaded model."""
+        meter = metrics.get_meter("modelrunner.runner")
+        self._snapshot = snapshot
+        self.time_to_first_token = meter.create_histogram(
+            "modelrunner_time_to_first_token_seconds",
+            unit="s",
+            description="Time from a request's arrival to its first generated token",
+            explicit_bucket_boundaries_advisory=_BUCKETS,
+        )
+        self.inter_token_latency = meter.create_histogram(
+            "modelrunner_inter_token_latency_seconds",
+            unit="s",
+            description="Time between two generated tokens of one sequence",
+            explicit_bucket_boundaries_advisory=_BUCKETS,
+        )
+        self.output_tokens = meter.create_counter(
+            "modelrunner_output_tokens", unit="1", description="Tokens generated"
+        )
+        self.prompt_tokens = meter.create_counter(
+            "modelrunner_prompt_tokens", unit="1", description="Prompt tokens processed"
+        )
+        meter.create_observable_gauge(
+            "modelrunner_queue_depth", [self._queued], unit="1", description="Requests waiting for a slot"
+        )
+        meter.create_observable_gauge(
+            "modelrunner_active_sequences", [self._active], unit="1", description="Sequences being decoded"
+        )
+        meter.create_observable_gauge(
+            "modelrunner_loaded_models", [self._loaded], unit="1", description="Models in memory"
+        )
+        meter.create_observable_gauge(
+            "modelrunner_model_memory_bytes", [self._memory], unit="By", description="Estimated memory of a model"
+        )
+
+    def _queued(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(q, {"model": m}) for m, _a, q, _b in self._snapshot()]
+
+    def _active(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(a, {"model": m}) for m, a, _q, _b in self._snapshot()]
+
+    def _loaded(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(len(list(self._snapshot())))]
+
+    def _memory(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(b, {"model": m}) for m, _a, _q, b in self._snapshot()]

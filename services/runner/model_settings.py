@@ -1,0 +1,153 @@
+"""Per-model settings (`/engines/_configure`), persisted as JSON in the Runner's state directory.
+
+Docker Model Runner keeps these in memory only, so a restart silently drops a configured context
+size; here every change is written atomically (temporary file, fsync, rename) before it is answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from modelrunner.runner.backends.base import LoadOptions
+
+FOREVER = None  # keep-alive that never expires
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(text: str) -> float | None:
+    """Seconds from "5m", "1h30m", "30s", "300" (seconds), "0"; None (forever) for any negative value."""
+    value = text.strip()
+    if not value:
+        raise ValueError("keep_alive is empty")
+    try:
+        seconds = float(value)
+    except ValueError:
+        sign = -1.0 if value.startswith("-") else 1.0
+        body = value.lstrip("+-")
+        parts = _DURATION_RE.findall(body)
+        if not parts or "".join(n + u for n, u in parts) != body:
+            raise ValueError(
+                f"invalid keep_alive {text!r}: use a duration like '30s', '5m', '1h30m', '0' or '-1' (forever)"
+            ) from None
+        seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    return FOREVER if seconds < 0 else seconds
+
+
+# Runtime flags accepted in `runtime-flags` (llama-server's spelling), and the option each sets.
+_FLAGS = {
+    "--ctx-size": "context_size", "-c": "context_size",
+    "--parallel": "parallel", "-np": "parallel",
+    "--n-gpu-layers": "gpu_layers", "-ngl": "gpu_layers",
+    "--threads": "threads", "-t": "threads",
+    "--batch-size": "batch_size", "-b": "batch_size",
+    "--flash-attn": "flash_attention", "-fa": "flash_attention",
+}
+
+
+def parse_runtime_flags(flags: list[str]) -> dict[str, int | bool]:
+    """Options from llama-server style flags; raises ValueError naming the flags it knows."""
+    out: dict[str, int | bool] = {}
+    items = [part for flag in flags for part in flag.split("=", 1)] if flags else []
+    i = 0
+    while i < len(items):
+        flag = items[i]
+        if flag not in _FLAGS:
+            known = ", ".join(sorted({k for k in _FLAGS if k.startswith("--")}))
+            raise ValueError(f"unsupported runtime flag {flag!r}: supported flags are {known}")
+        if i + 1 >= len(items):
+            raise ValueError(f"runtime flag {flag} needs a value")
+        key, raw = _FLAGS[flag], items[i + 1]
+        if key == "flash_attention":
+            if raw not in ("on", "off", "true", "false", "1", "0"):
+                raise ValueError(f"{flag} takes on or off, not {raw!r}")
+            out[key] = raw in ("on", "true", "1")
+        else:
+            try:
+                out[key] = int(raw)
+            except ValueError:
+                raise ValueError(f"{flag} takes an integer, not {raw!r}") from None
+        i += 2
+    return out
+
+
+@dataclass
+class ModelConfig:
+    """What the user configured for one model; zero/None means the Runner's default."""
+
+    context_size: int = 0
+    runtime_flags: list[str] = field(default_factory=list)
+    keep_alive: str = ""
+    parallel: int = 0
+    flash_attention: bool | None = None
+    gpu_layers: int | None = None
+
+    def validate(self) -> None:
+        if self.context_size < 0:
+            raise ValueError(f"context-size must be positive, not {self.context_size}")
+        if self.parallel < 0:
+            raise ValueError(f"parallel must be positive, not {self.parallel}")
+        if self.keep_alive:
+            parse_keep_alive(self.keep_alive)
+        parse_runtime_flags(self.runtime_flags)
+
+    def load_options(self, defaults: LoadOptions) -> LoadOptions:
+        """The options a (re)load uses: explicit fields win over runtime flags, which win over defaults."""
+        options = replace(defaults, **parse_runtime_flags(self.runtime_flags))
+        if self.context_size:
+            options = replace(options, context_size=self.context_size)
+        if self.parallel:
+            options = replace(options, parallel=self.parallel)
+        if self.flash_attention is not None:
+            options = replace(options, flash_attention=self.flash_attention)
+        if self.gpu_layers is not None:
+            options = replace(options, gpu_layers=self.gpu_layers)
+        return replace(options, runtime_flags=tuple(self.runtime_flags))
+
+
+class SettingsStore:
+    """`settings.json` in the state directory: {"models": {"<reference>": {...}}}."""
+
+    FILE = "settings.json"
+
+    def __init__(self, state_dir: Path) -> None:
+        self._path = Path(state_dir) / self.FILE
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelConfig] = {}
+        if self._path.exists():
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+            for name, fields in data.get("models", {}).items():
+                self._models[name] = ModelConfig(**fields)
+
+    def get(self, reference: str) -> ModelConfig:
+        return self._models.get(reference) or ModelConfig()
+
+    def all(self) -> dict[str, ModelConfig]:
+        return dict(self._models)
+
+    def put(self, reference: str, config: ModelConfig) -> None:
+        config.validate()
+        with self._lock:
+            models = {**self._models, reference: config}
+            self._write(models)
+            self._models = models
+
+    def _write(self, models: dict[str, ModelConfig]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"models": {k: asdict(v) for k, v in sorted(models.items())}}, indent=2)
+        fd, tmp = tempfile.mkstemp(prefix=".settings-", dir=self._path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

