@@ -23,6 +23,7 @@ from modelrunner.runner.sampling import (
 )
 from modelrunner.runner.scheduler import GenerationError, Job, QueueFull
 from modelrunner.runner.textstream import TextStream
+from modelrunner.runner.tool_calls import parse_tool_calls
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 MAX_TOP_LOGPROBS = 20
@@ -107,6 +108,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 raise invalid(str(exc)) from exc
             # The client going away or the deadline passing cancels the call: free the slot at once.
             context.add_done_callback(lambda _ctx: stream.cancel())
+            # With tools offered, the answer is held until it is complete: only then can it be told
+            # apart from a tool call.
+            held: list[str] | None = [] if self._tools_offered(request) else None
             first = True
             try:
                 async for chunk in stream:
@@ -116,14 +120,37 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                         first = False
                     if chunk.logprobs:
                         msg.logprobs.extend(self._logprobs(entry, chunk.logprobs))
+                    if held is not None:
+                        held.append(chunk.text)
+                        msg.text = ""
                     if chunk.finish_reason:
                         msg.usage.prompt_tokens = chunk.prompt_tokens
                         msg.usage.completion_tokens = chunk.completion_tokens
-                    yield msg
+                        if held is not None:
+                            self._finish_with_tool_calls(msg, "".join(held))
+                    if msg.text or msg.finish_reason or msg.model or msg.logprobs:
+                        yield msg
             except GenerationError as exc:
                 raise ServiceError(grpc.StatusCode.INTERNAL, f"generation failed: {exc}") from exc
             finally:
                 stream.cancel()
+
+    @staticmethod
+    def _tools_offered(request: runner_pb2.GenerateRequest) -> bool:
+        if request.WhichOneof("input") != "chat" or not request.chat.tools_json:
+            return False
+        return request.chat.tool_choice_json.strip() != '"none"'
+
+    @staticmethod
+    def _finish_with_tool_calls(msg: runner_pb2.GenerateChunk, answer: str) -> None:
+        """Puts the held answer in the last chunk, as tool calls when it is made of them."""
+        content, calls = parse_tool_calls(answer)
+        msg.text = content
+        if calls:
+            msg.finish_reason = "tool_calls"
+            msg.tool_calls.extend(
+                runner_pb2.ToolCall(id=c.id, type="function", name=c.name, arguments=c.arguments) for c in calls
+            )
 
     def _job(self, request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
         model = entry.model
@@ -135,7 +162,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"{entry.name} has no usable chat template: send a raw prompt instead",
                 )
-            tools = json.loads(request.chat.tools_json) if request.chat.tools_json else None
+            try:
+                tools = json.loads(request.chat.tools_json) if request.chat.tools_json else None
+            except ValueError as exc:
+                raise invalid(f"tools is not valid JSON: {exc}") from exc
             try:
                 text = entry.renderer.render(messages_of(request.chat), tools)
             except ValueError as exc:
