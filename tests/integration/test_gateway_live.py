@@ -146,6 +146,32 @@ def test_openai_completions_and_embeddings(client):
     assert as_float.data[0].embedding == pytest.approx(embedded.data[0].embedding, abs=1e-5)
 
 
+def test_openai_tool_calls(client):
+    """Tools offered, and a JSON schema that makes even the random tiny model answer with a call."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"enum": ["get_weather"]},
+            "arguments": {"type": "object", "properties": {"city": {"enum": ["Paris"]}}, "required": ["city"],
+                          "additionalProperties": False},
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    common = dict(model="ai/tiny", messages=CHAT["messages"], max_tokens=120, temperature=0, tools=tools,
+                  response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": schema}})
+    reply = client.chat.completions.create(**common)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    chunks = list(client.chat.completions.create(**common, stream=True))
+    streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert streamed and streamed[0].function.name == "get_weather"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
 async def test_openai_async_client(stack):
     client = openai.AsyncOpenAI(base_url=f"{stack.url}/engines/v1", api_key="unused", max_retries=0)
     reply = await client.chat.completions.create(model="ai/tiny", messages=CHAT["messages"], max_tokens=6, temperature=0)
