@@ -27,6 +27,13 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# Clients ping idle channels every 30 s (channels.py); a server that does not allow pings without
+# calls answers GOAWAY "too_many_pings" after a few, and the next call fails with UNAVAILABLE.
+SERVER_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+]
 
 
 class GrpcService:
@@ -36,7 +43,7 @@ class GrpcService:
         self.listen = listen
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
-            interceptors=[*server_interceptors(), ServiceErrorInterceptor()], options=GRPC_OPTIONS
+            interceptors=[*server_interceptors(), ServiceErrorInterceptor()], options=SERVER_OPTIONS
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
