@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -116,8 +117,15 @@ class RegistryClient:
         await self.http.aclose()
 
     def unavailable(self, exc: BaseException) -> ServiceError:
+        if _untrusted_certificate(exc):
+            return ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the TLS certificate of registry {self.registry} is not trusted: set MODELRUNNER_CA_BUNDLE to "
+                "the PEM file of its CA, or list the registry in MODELRUNNER_INSECURE_REGISTRIES for plain HTTP",
+            )
         return ServiceError(
-            grpc.StatusCode.UNAVAILABLE, f"registry {self.registry} is unreachable ({type(exc).__name__}); check the name and the network"
+            grpc.StatusCode.UNAVAILABLE,
+            f"registry {self.registry} is unreachable ({type(exc).__name__}); check the name and the network",
         )
 
     async def _probe(self) -> None:
@@ -129,7 +137,9 @@ class RegistryClient:
             return
         try:
             await self.http.get(f"{self.base}/v2/", timeout=5.0)
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            if _untrusted_certificate(exc):  # it speaks TLS: plain HTTP would not help
+                raise self.unavailable(exc) from None
             self.base = f"http://{self._host}"
 
     def url(self, path: str) -> str:
@@ -294,3 +304,12 @@ def _registry_error(response: httpx.Response) -> str:
         return ""
     parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict)]
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _untrusted_certificate(exc: BaseException | None) -> bool:
+    """TLS failed because the registry's certificate is not trusted (rather than no TLS at all)."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

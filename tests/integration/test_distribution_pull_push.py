@@ -201,3 +201,30 @@ async def test_push_mounts_from_another_repository(registry: Registry, stack: St
     inspect = subprocess.run([SKOPEO, "inspect", "--raw", "--tls-verify=false", f"docker://{second}"],
                              check=True, capture_output=True)
     assert json.loads(inspect.stdout)["config"]["mediaType"] == "application/vnd.docker.ai.model.config.v0.1+json"
+
+
+async def test_https_registry_with_a_custom_ca_bundle(tmp_path: Path, tiny_gguf: Path) -> None:
+    """A registry with a self-signed certificate: trusted through MODELRUNNER_CA_BUNDLE, and a clear
+    error (not a fall-back to plain HTTP) without it."""
+    with Registry(tls=True) as registry:
+        name = f"{registry.host}/team/tls:v1"
+        trusting = {"MODELRUNNER_CA_BUNDLE": str(registry.certificate)}
+        first = Stack.start(tmp_path / "a", trusting)
+        try:
+            model = await package(first, tiny_gguf, name)
+            assert (await push(first, name))[-1].type == "success"
+        finally:
+            first.stop()
+        second = Stack.start(tmp_path / "b", trusting)
+        try:
+            assert (await pull(second, name))[-1].model_id == model.id
+        finally:
+            second.stop()
+        untrusting = Stack.start(tmp_path / "c")
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await pull(untrusting, name)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not trusted" in failed.value.details() and "MODELRUNNER_CA_BUNDLE" in failed.value.details()
+        finally:
+            untrusting.stop()

@@ -120,13 +120,18 @@ class TokenServer:
 
 
 class Registry:
-    """A docker-registry process; `auth` is None, "basic" or "token"."""
+    """A docker-registry process; `auth` is None, "basic" or "token"; `tls` serves HTTPS with a
+    self-signed certificate for 127.0.0.1 (`certificate`, the CA bundle a client must trust)."""
 
-    def __init__(self, auth: str | None = None, username: str = "tester", password: str = "s3cret-pw") -> None:
+    def __init__(
+        self, auth: str | None = None, username: str = "tester", password: str = "s3cret-pw", tls: bool = False
+    ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="registry-"))
         self.port = _free_port()
         self.username, self.password = username, password
         self.auth = auth
+        self.tls = tls
+        self.certificate = self.workdir / "cert.pem"
         self.token_server: TokenServer | None = None
         self._proc: subprocess.Popen | None = None
         self._log = self.workdir / "registry.log"
@@ -139,7 +144,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def _config_dict(self) -> dict:
         config: dict = {
@@ -148,6 +153,14 @@ class Registry:
             "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}, "delete": {"enabled": True}},
             "http": {"addr": self.host, "secret": uuid.uuid4().hex},
         }
+        if self.tls:
+            key = self.workdir / "key.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.certificate)],
+                check=True, capture_output=True,
+            )
+            config["http"]["tls"] = {"certificate": str(self.certificate), "key": str(key)}
         if self.auth == "basic":
             htpasswd = self.workdir / "htpasswd"
             subprocess.run(["htpasswd", "-Bbc", str(htpasswd), self.username, self.password],
@@ -170,7 +183,8 @@ class Registry:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self._log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                verify = str(self.certificate) if self.tls else True
+                if httpx.get(f"{self.url}/v2/", timeout=1, verify=verify).status_code in (200, 401):
                     return
             except httpx.TransportError:
                 pass
