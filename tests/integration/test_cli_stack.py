@@ -19,7 +19,7 @@ import pexpect
 import pytest
 
 from tests.conftest import free_port
-from tests.support.registry import Registry
+from tests.support.registry import Registry, dmr_artifact, upload
 
 MODELRUNNER = str(Path(sys.executable).parent / "modelrunner")
 TINY = "ai/tiny:v1"
@@ -136,6 +136,30 @@ def test_push_then_pull_through_a_registry(cli: Cli) -> None:
         pulled = cli("pull", remote)
         assert "Pulling" in pulled.stderr or pulled.stdout.strip()
         assert f"{remote}" in cli("ls").stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_pull_and_the_next_pull_completes(cli: Cli) -> None:
+    """Ctrl-C in the middle of a 384 MiB layer: exit 130 with how to resume; the next pull finishes
+    from what the Store kept and the model is there with the registry's layer digest."""
+    weights = os.urandom(384 << 20)
+    with Registry() as registry:
+        manifest, blobs = dmr_artifact(weights)
+        upload(registry.url, "test/big", "v1", manifest, blobs)
+        remote = f"{registry.host}/test/big:v1"
+        ingest = cli.data_dir / "models" / "ingest"
+        pull = subprocess.Popen([MODELRUNNER, "pull", remote], env=cli.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in ingest.glob("*") if not p.name.startswith("tmp-")):
+            assert pull.poll() is None and time.monotonic() < deadline, "no partial layer appeared"
+            time.sleep(0.05)
+        pull.send_signal(signal.SIGINT)
+        _, stderr = pull.communicate(timeout=15)
+        assert pull.returncode == 130, stderr
+        assert "run it again to resume" in stderr.strip().splitlines()[-1]
+        cli("pull", remote, timeout=180)
+        assert remote in json.loads(cli("inspect", remote).stdout)["tags"]
 
 
 def test_repl_through_a_terminal(cli: Cli) -> None:
