@@ -27,6 +27,7 @@ from modelrunner.runner.tool_calls import parse_tool_calls
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 MAX_TOP_LOGPROBS = 20
+BASE_MODEL_CHAT_MAX_TOKENS = 256
 
 
 def sampling_options(p: runner_pb2.SamplingParams, logprobs: int, banned: frozenset[int]) -> SamplingOptions:
@@ -152,6 +153,17 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 runner_pb2.ToolCall(id=c.id, type="function", name=c.name, arguments=c.arguments) for c in calls
             )
 
+    @staticmethod
+    def _default_max_tokens(request: runner_pb2.GenerateRequest, entry: Loaded) -> int:
+        """0 (until end of generation or a full context), except for a chat with a base model.
+
+        A model without a chat template of its own (the bundled Gemma 3 270M is one) is not trained to
+        end a turn, so a chat with no max_tokens would run on until the context is full: minutes of
+        repetition. Such chats get BASE_MODEL_CHAT_MAX_TOKENS, and finish_reason "length" says so.
+        """
+        builtin = entry.renderer is not None and entry.renderer.format.source.startswith("builtin:")
+        return BASE_MODEL_CHAT_MAX_TOKENS if builtin and request.WhichOneof("input") == "chat" else 0
+
     def _job(self, request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
         model = entry.model
         if request.WhichOneof("input") == "chat":
@@ -179,7 +191,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         return Job(
             prompt=prompt,
             sampling=sampling_options(request.sampling, top if request.logprobs else -1, banned),
-            max_tokens=request.sampling.max_tokens,
+            max_tokens=request.sampling.max_tokens or self._default_max_tokens(request, entry),
             stop=tuple(request.sampling.stop),
             stop_tokens=entry.stop_tokens,
             ignore_eos=request.sampling.ignore_eos,
