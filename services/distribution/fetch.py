@@ -18,7 +18,7 @@ import grpc
 import httpx
 
 from modelrunner.common.errors import ServiceError
-from modelrunner.distribution.manifests import Blob
+from modelrunner.common.oci import Blob
 from modelrunner.distribution.progress import LayerCounter
 from modelrunner.distribution.registry import RegistryClient, TransferError, backoff
 from modelrunner.distribution.store_client import BlobSink

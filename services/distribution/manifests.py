@@ -10,18 +10,12 @@ import grpc
 from modelrunner.common import media_types as mt
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.names import is_digest
+from modelrunner.common.oci import MANIFEST_TYPES, Blob, parse_manifest
 
-MANIFESTS = {mt.OCI_MANIFEST, mt.DOCKER_MANIFEST}
+MANIFESTS = set(MANIFEST_TYPES)
 INDEXES = {mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST}
 MODEL_LAYERS = {mt.GGUF, mt.LICENSE, mt.MMPROJ, mt.CHAT_TEMPLATE, mt.SAFETENSORS, mt.DIR_TAR}
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Blob:
-    digest: str
-    size: int
-    media_type: str
 
 
 @dataclass(frozen=True)
@@ -71,19 +65,14 @@ def pick_from_index(raw: bytes, what: str) -> str:
     return candidates[0]["digest"]
 
 
-def _blob(entry: object, what: str) -> Blob:
-    if not isinstance(entry, dict) or not is_digest(str(entry.get("digest"))) or not isinstance(entry.get("size"), int):
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: a descriptor lacks a sha256 digest or a size")
-    if entry["size"] < 0:
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: descriptor {entry['digest']} has a negative size")
-    return Blob(entry["digest"], entry["size"], str(entry.get("mediaType", "")))
-
-
 def parse_model_manifest(raw: bytes, digest: str, what: str) -> ModelManifest:
     """Validates a manifest as a Docker Model Runner model; the error names the media types found."""
-    doc = _json(raw, what)
-    config = _blob(doc.get("config"), what)
-    layers = tuple(_blob(layer, what) for layer in doc.get("layers") or [])
+    _json(raw, what)  # the size limit, and errors that name the model
+    try:
+        parsed = parse_manifest(raw)
+    except ServiceError as exc:
+        raise ServiceError(exc.code, f"{what}: {exc.message}") from None
+    config, layers = parsed.config, parsed.layers
     if config.media_type != mt.MODEL_CONFIG:
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,

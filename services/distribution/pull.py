@@ -12,12 +12,12 @@ import grpc
 
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.names import Reference
+from modelrunner.common.oci import Blob
 from modelrunner.distribution.context import Context
 from modelrunner.distribution.fetch import download_blob
 from modelrunner.distribution.manifests import (
     INDEXES,
     MANIFESTS,
-    Blob,
     ModelManifest,
     media_type_of,
     parse_model_manifest,

@@ -14,7 +14,8 @@ from modelrunner.common import media_types
 from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.common.names import InvalidReference, parse_reference
 from modelrunner.distribution.context import Context
-from modelrunner.distribution.manifests import Blob, parse_model_manifest
+from modelrunner.common.oci import Blob
+from modelrunner.distribution.manifests import parse_model_manifest
 from modelrunner.distribution.progress import LayerCounter, TransferProgress
 from modelrunner.distribution.registry import RegistryClient, TransferError, backoff
 from modelrunner.distribution.store_client import BlobSource

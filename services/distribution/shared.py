@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
-from modelrunner.distribution.manifests import Blob
+from modelrunner.common.oci import Blob
 from modelrunner.distribution.progress import LayerCounter
 
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import grpc
 
 from modelrunner.common.errors import ServiceError
-from modelrunner.distribution.manifests import Blob
+from modelrunner.common.oci import Blob
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 
 

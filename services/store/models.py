@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from modelrunner.store.artifact import Manifest, parse_manifest
+from modelrunner.common.oci import Manifest, parse_manifest
 from modelrunner.store.blobs import BlobStore
 from modelrunner.store.index import Entry, Index
 from modelrunner.store.layout import Layout

@@ -10,13 +10,8 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from modelrunner.store.artifact import (
-    TITLE,
-    Blob,
-    build_config,
-    render_manifest,
-    shard_paths,
-)
+from modelrunner.common.oci import Blob, render_manifest
+from modelrunner.store.artifact import TITLE, build_config, shard_paths
 from modelrunner.store.models import ModelStore
 
 from modelrunner.common import media_types

@@ -66,7 +66,7 @@ def test_index_prefers_linux_amd64_then_the_first_manifest() -> None:
 
 
 def manifest(config_type: str, layer_type: str) -> bytes:
-    return json.dumps({"config": {"mediaType": config_type, "digest": D1, "size": 2},
+    return json.dumps({"schemaVersion": 2, "config": {"mediaType": config_type, "digest": D1, "size": 2},
                        "layers": [{"mediaType": layer_type, "digest": D2, "size": 10}]}).encode()
 
 

@@ -7,18 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from modelrunner.store.artifact import (
-    Blob,
-    build_config,
-    parse_manifest,
-    render_manifest,
-    shard_paths,
-)
 
 from modelrunner.common import media_types
 from modelrunner.common.artifact_config import parse_created
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.gguf_info import read_gguf_info
+from modelrunner.common.oci import Blob, parse_manifest, render_manifest
+from modelrunner.store.artifact import build_config, shard_paths
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from modelrunner.store.artifact import Blob, render_manifest
+from modelrunner.common.oci import Blob, render_manifest
 from modelrunner.store.models import ModelStore
 
 from modelrunner.common import media_types
