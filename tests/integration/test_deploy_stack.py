@@ -7,7 +7,6 @@ deploy/envoy/envoy.yaml (addresses rendered for this machine) in front of them.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
@@ -31,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelrunner.distribution import credentials
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
+from tests.support.deploy_scripts import build_descriptors, render
 from tests.support.registry import REGISTRY_BIN, Registry, dmr_artifact, upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,17 +39,6 @@ DEFAULTED = re.compile(r"\$\{\w+:-([^}]*)\}")  # compose's ${VAR:-default}, with
 MODEL = "ai/tiny:latest"
 TRANSCODE = {"x-modelrunner-transcode": "1"}
 START_TIMEOUT_S = 60
-
-
-def load_deploy_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"deploy_envoy_{name}", ROOT / "deploy" / "envoy" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = load_deploy_module("render")
-build_descriptors = load_deploy_module("build_descriptors")
 
 
 def image_env(dockerfile: Path) -> tuple[dict[str, str], list[str]]:

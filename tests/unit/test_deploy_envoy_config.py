@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,18 +14,9 @@ import yaml
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from tests.support.deploy_scripts import build_descriptors, render
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_deploy_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"deploy_envoy_{name}", ROOT / "deploy" / "envoy" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = load_deploy_module("render")
-build_descriptors = load_deploy_module("build_descriptors")
 ENVOY = Path(sys.executable).parent / "envoy"
 
 
