@@ -53,7 +53,7 @@ def stack(tmp_path):
     try:
         wait_healthy(store_addr, procs[0])
         wait_healthy(runner_addr, procs[1])
-        yield store_addr, runner_addr, env
+        yield store_addr, runner_addr, env, procs[1].pid
     finally:
         for proc in procs:
             proc.terminate()
@@ -66,7 +66,7 @@ def stack(tmp_path):
 
 
 def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path):
-    store_addr, runner_addr, env = stack
+    store_addr, runner_addr, env, _ = stack
     with grpc.insecure_channel(store_addr) as ch:
         store_pb2_grpc.StoreStub(ch).PackageModel(
             store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/tiny:test"), timeout=60
@@ -87,3 +87,36 @@ def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     state = tmp_path / "data" / "runner" / "settings.json"
     assert '"context_size": 256' in state.read_text()
+
+
+def open_paths(pid: int) -> set[str]:
+    """Files a process has open or mapped (llama.cpp mmaps the weights)."""
+    paths = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd") if fd.isdigit()}
+    with open(f"/proc/{pid}/maps") as maps:
+        paths |= {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+    return paths
+
+
+def test_deleting_a_loaded_model_keeps_the_runner_serving_and_frees_the_space_on_unload(stack, tiny_gguf):
+    store_addr, runner_addr, _, runner_pid = stack
+    with grpc.insecure_channel(store_addr) as ch:
+        store = store_pb2_grpc.StoreStub(ch)
+        store.PackageModel(store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/tiny:gone"), timeout=60)
+        blob = store.ResolveModel(store_pb2.ResolveModelRequest(name="ai/tiny:gone"), timeout=10).gguf_paths[0]
+        with grpc.insecure_channel(runner_addr) as rch:
+            runner = runner_pb2_grpc.RunnerStub(rch)
+            stream = runner.Generate(runner_pb2.GenerateRequest(
+                model="ai/tiny:gone", prompt="hello",
+                sampling=runner_pb2.SamplingParams(temperature=0, max_tokens=300, ignore_eos=True),
+            ), timeout=120)
+            first = next(stream)  # loaded and streaming
+            store.DeleteModel(store_pb2.DeleteModelRequest(name="ai/tiny:gone"), timeout=10)
+            assert not os.path.exists(blob), "the Store collects the blob of a deleted model"
+            rest = list(stream)
+            assert first.model and rest[-1].finish_reason == "length" and rest[-1].usage.completion_tokens == 300
+            assert f"{blob} (deleted)" in open_paths(runner_pid)  # still mapped: the space is held
+            runner.UnloadModels(runner_pb2.UnloadModelsRequest(all=True), timeout=30)
+            deadline = time.monotonic() + 10
+            while f"{blob} (deleted)" in open_paths(runner_pid):
+                assert time.monotonic() < deadline, "the unloaded model's weights are still mapped"
+                time.sleep(0.1)
