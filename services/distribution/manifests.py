@@ -10,7 +10,7 @@ import grpc
 from modelrunner.common import media_types as mt
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.names import is_digest
-from modelrunner.common.oci import MANIFEST_TYPES, Blob, parse_manifest
+from modelrunner.common.oci import MANIFEST_TYPES, Manifest, parse_manifest
 
 MANIFESTS = set(MANIFEST_TYPES)
 INDEXES = {mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST}
@@ -19,15 +19,11 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class ModelManifest:
-    raw: bytes
-    digest: str
-    config: Blob
-    layers: tuple[Blob, ...]
+class ModelManifest(Manifest):
+    """A model's manifest as the registry serves it: the raw bytes are what the Store commits."""
 
-    @property
-    def blobs(self) -> tuple[Blob, ...]:
-        return (self.config, *self.layers)
+    raw: bytes = b""
+    digest: str = ""
 
     @property
     def total(self) -> int:
@@ -87,4 +83,4 @@ def parse_model_manifest(raw: bytes, digest: str, what: str) -> ModelManifest:
         )
     if not any(layer.media_type in (mt.GGUF, mt.SAFETENSORS, mt.DIR_TAR) for layer in layers):
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has no weights layer ({mt.GGUF})")
-    return ModelManifest(raw, digest, config, layers)
+    return ModelManifest(parsed.media_type, config, layers, raw=raw, digest=digest)
