@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
-from tests.support.registry import Registry, Stack, dmr_artifact, sha256_digest, upload
+from tests.support.registry import Registry, Stack, dmr_artifact, pull, sha256_digest, upload
 
 CHUNK = 1 << 20
 
@@ -91,22 +91,10 @@ class Proxy:
 
 
 @pytest.fixture
-def registry() -> Iterator[Registry]:
-    with Registry() as reg:
-        yield reg
-
-
-@pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack.start(tmp_path)
     yield stack
     stack.stop()
-
-
-async def pull(stack: Stack, reference: str) -> list:
-    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
-        stub = distribution_pb2_grpc.DistributionStub(channel)
-        return [m async for m in stub.PullModel(distribution_pb2.PullModelRequest(reference=reference))]
 
 
 async def list_models(stack: Stack) -> list:

@@ -16,15 +16,9 @@ import grpc
 import pytest
 
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc, types_pb2
-from tests.support.registry import Registry, Stack, dmr_artifact, sha256_digest, upload
+from tests.support.registry import Registry, Stack, dmr_artifact, pull, sha256_digest, upload
 
 SKOPEO = "/usr/bin/skopeo"
-
-
-@pytest.fixture
-def registry() -> Iterator[Registry]:
-    with Registry() as reg:
-        yield reg
 
 
 @pytest.fixture
@@ -32,12 +26,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack.start(tmp_path)
     yield stack
     stack.stop()
-
-
-async def pull(stack: Stack, reference: str) -> list[types_pb2.Progress]:
-    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
-        stub = distribution_pb2_grpc.DistributionStub(channel)
-        return [m async for m in stub.PullModel(distribution_pb2.PullModelRequest(reference=reference))]
 
 
 async def push(stack: Stack, name: str) -> list[types_pb2.Progress]:

@@ -360,3 +360,14 @@ class Stack:
     def stop(self) -> None:
         self.distribution.stop()
         self.store.stop()
+
+
+async def pull(stack: Stack, reference: str) -> list:
+    """Every Progress message of a PullModel through the stack's Distribution."""
+    import grpc
+
+    from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc
+
+    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
+        stub = distribution_pb2_grpc.DistributionStub(channel)
+        return [m async for m in stub.PullModel(distribution_pb2.PullModelRequest(reference=reference))]
