@@ -81,15 +81,23 @@ class Gateway:
             f"(or set {HOST_ENV} to the gateway's URL)"
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    @contextmanager
+    def _transport_errors(self, method: str, path: str) -> Iterator[None]:
+        """httpx's connection, timeout and protocol failures as one-line CliErrors."""
         try:
-            response = self.http.request(method, path, **kwargs)
+            yield
         except httpx.ConnectError:
             raise self._unreachable() from None
         except httpx.TimeoutException:
             raise CliError(f"the gateway at {self.base_url} did not answer in time ({method} {path})") from None
+        except httpx.RemoteProtocolError as err:
+            raise CliError(f"the gateway closed the connection: {err}") from None
         except httpx.HTTPError as err:
             raise CliError(f"request to {self.base_url}{path} failed: {err}") from None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self._transport_errors(method, path):
+            response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise CliError(_reason(response), status=response.status_code)
         return response
@@ -106,18 +114,11 @@ class Gateway:
     @contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A streamed response whose status was checked (an error body is read and raised)."""
-        try:
-            with self.http.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise CliError(_reason(response), status=response.status_code)
-                yield response
-        except httpx.ConnectError:
-            raise self._unreachable() from None
-        except httpx.TimeoutException:
-            raise CliError(f"the gateway at {self.base_url} did not answer in time ({method} {path})") from None
-        except httpx.RemoteProtocolError as err:
-            raise CliError(f"the gateway closed the stream: {err}") from None
+        with self._transport_errors(method, path), self.http.stream(method, path, **kwargs) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise CliError(_reason(response), status=response.status_code)
+            yield response
 
     def json_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[dict]:
         """The JSON-lines progress stream of /models/create and /models/{name}/push."""
