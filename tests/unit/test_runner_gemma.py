@@ -1,5 +1,7 @@
 """The real default model, Gemma 3 270M (base, no chat template in its GGUF): chat answers are not
-empty, and batching does not change greedy output."""
+empty. That batching leaves greedy output unchanged is checked on the f32 tiny model
+(test_runner_scheduler.py): llama.cpp's Q4_K CPU kernels round differently with the batch size, so on
+Gemma the text alone and in a batch may diverge after a few tokens, depending on when requests join."""
 
 from __future__ import annotations
 
@@ -46,13 +48,3 @@ async def test_say_hi_gets_a_non_empty_answer(gemma):
     text, reason = await run(gemma, chat_job(gemma, "Say hi", 32))
     assert text.strip(), "Gemma answered with an empty string"
     assert reason in ("stop", "length")
-
-
-async def test_greedy_output_alone_equals_output_in_a_batch_of_four(gemma):
-    # Not "Count to five.": on it llama.cpp's own CPU Q4_K kernels give different greedy text alone
-    # and in a batch (a bare low-level loop diverges the same way: batch-size-dependent rounding).
-    # Exact batch invariance of the scheduler itself is checked on the f32 tiny model.
-    questions = ["Say hi", "What is the capital of France?", "Name a color.", "Say hello in French."]
-    alone = [await run(gemma, chat_job(gemma, q, 24)) for q in questions]
-    together = await asyncio.gather(*[run(gemma, chat_job(gemma, q, 24)) for q in questions])
-    assert together == alone
