@@ -104,7 +104,7 @@ class Stream:
 
 class _Sequence:
     __slots__ = (
-        "stream", "job", "slot", "fed", "n_past", "last", "batch_index", "sampler", "text", "grammar",
+        "stream", "job", "slot", "fed", "n_past", "last", "logits_row", "sampler", "text", "grammar",
         "generated", "submitted", "last_emit", "stop_tokens",
     )
 
@@ -115,7 +115,7 @@ class _Sequence:
         self.fed = 0          # prompt tokens placed in a batch
         self.n_past = 0       # tokens in the KV cache
         self.last = -1        # the token to feed next step
-        self.batch_index = -1
+        self.logits_row = -1
         self.sampler = Sampler(job.sampling, vocab_size)
         self.text = TextStream(job.stop)
         self.grammar = None
@@ -254,7 +254,7 @@ class Scheduler:
         planned: list[tuple[_Sequence, int]] = []  # (sequence, tokens it adds to the KV cache)
         for seq in self._active:
             if seq.fed == len(seq.job.prompt):
-                seq.batch_index = model.batch_add(seq.last, seq.n_past, seq.slot, True)
+                seq.logits_row = model.batch_add(seq.last, seq.n_past, seq.slot, True)
                 planned.append((seq, 1))
                 budget -= 1
         for seq in self._active:
@@ -264,8 +264,7 @@ class Scheduler:
             if seq.fed < len(prompt):
                 chunk = prompt[seq.fed : seq.fed + budget]
                 completes = seq.fed + len(chunk) == len(prompt)
-                index = model.batch_add_many(chunk, seq.fed, seq.slot, completes)
-                seq.batch_index = index if completes else -1
+                seq.logits_row = model.batch_add_many(chunk, seq.fed, seq.slot, completes)
                 planned.append((seq, len(chunk)))
                 budget -= len(chunk)
         rc = model.decode()
@@ -292,7 +291,7 @@ class Scheduler:
             self._deliver(out)
 
     def _next_token(self, seq: _Sequence, now: float) -> Chunk | None:
-        row = self.model.logits(seq.batch_index)
+        row = self.model.logits(seq.logits_row)
         if seq.grammar is not None:
             seq.grammar.apply(row)
         seq.sampler.prepare(row)

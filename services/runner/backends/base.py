@@ -76,15 +76,15 @@ class LoadedModel(ABC):
 
     @abstractmethod
     def batch_add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
-        """Appends a token to the step's batch; returns its index in the batch."""
+        """Appends a token to the step's batch; returns its row in the step's logits (-1: none)."""
 
     @abstractmethod
     def decode(self) -> int:
         """Runs the batch: 0 on success, 1 when the KV cache has no room, <0 on error."""
 
     @abstractmethod
-    def logits(self, batch_index: int) -> np.ndarray:
-        """A writable zero-copy view of the logits row of a batch token (valid until the next decode)."""
+    def logits(self, row: int) -> np.ndarray:
+        """A writable zero-copy view of one row of the step's logits (valid until the next decode)."""
 
     @abstractmethod
     def clear_sequence(self, seq: int) -> None:

@@ -183,6 +183,8 @@ class LlamaCppModel(LoadedModel):
         self._n_seq[:] = 1
         self._seq_ids = [self._batch.seq_id[i] for i in range(self._batch_size)]
         self._n = 0
+        self._n_out = 0
+        self._step_logits = np.empty((0, self._n_vocab), dtype=np.float32)
         self._pieces: dict[int, bytes] = {}
         self._embed_ctx = None
         self._embed_lock = threading.Lock()
@@ -256,6 +258,13 @@ class LlamaCppModel(LoadedModel):
 
     def batch_clear(self) -> None:
         self._n = 0
+        self._n_out = 0
+
+    def _output_row(self, want_logits: bool) -> int:
+        if not want_logits:
+            return -1
+        self._n_out += 1
+        return self._n_out - 1
 
     def batch_add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
         i = self._n
@@ -264,10 +273,10 @@ class LlamaCppModel(LoadedModel):
         self._seq_ids[i][0] = seq
         self._out[i] = want_logits
         self._n = i + 1
-        return i
+        return self._output_row(want_logits)
 
     def batch_add_many(self, tokens: Sequence[int], start_pos: int, seq: int, logits_last: bool) -> int:
-        """Appends a prompt chunk; returns the batch index of its last token."""
+        """Appends a prompt chunk; returns the logits row of its last token (-1 unless `logits_last`)."""
         i, n = self._n, len(tokens)
         self._tokens[i : i + n] = tokens
         self._pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
@@ -277,15 +286,21 @@ class LlamaCppModel(LoadedModel):
         for j in range(i, i + n):
             ids[j][0] = seq
         self._n = i + n
-        return i + n - 1
+        return self._output_row(logits_last)
 
     def decode(self) -> int:
+        """One llama_decode; then ONE call for all of the step's logits rows (llama.cpp keeps them
+        contiguous, in batch order) instead of a foreign call per sequence, each of which releases and
+        retakes the GIL."""
         self._batch.n_tokens = self._n
-        return llama_cpp.llama_decode(self._ctx, self._batch)
+        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        if rc == 0 and self._n_out:
+            ptr = llama_cpp.llama_get_logits(self._ctx)
+            self._step_logits = np.ctypeslib.as_array(ptr, shape=(self._n_out, self._n_vocab))
+        return rc
 
-    def logits(self, batch_index: int) -> np.ndarray:
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+    def logits(self, row: int) -> np.ndarray:
+        return self._step_logits[row]
 
     def clear_sequence(self, seq: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
