@@ -5,11 +5,11 @@ the same model (Gemma 3 270M Q4_K_M), the same 8 chat-formatted prompts and gree
 end of sequence ignored, so every request yields exactly `--tokens` tokens; each system runs alone
 (the machine has 2 cores). Systems:
 
-  stack             our stack via its launcher, through the gateway, Runner with 8 slots
+  stack             our stack via its launcher, through the gateway, Runner with --slots slots (8)
   inprocess    (a)  llama_cpp.Llama (high-level API, stream=True), one request after another
   llama-cpp-server (b)  `python -m llama_cpp.server`, interrupt_requests off
   limit        (c)  batched greedy decoding of N sequences over the low-level API, no server
-  llama-server (d)  llama.cpp's C++ server, 8 slots, unified KV cache, flash attention on/off (faster)
+  llama-server (d)  llama.cpp's C++ server, the same slots, unified KV cache, flash attention on/off (faster)
 
 A cell (system x concurrency N) sends max(N, --min-requests) requests, N in flight at a time, and
 reports aggregate output tokens/s, TTFT p50/p95 and inter-token latency p50; each of --repeats rounds
@@ -45,7 +45,7 @@ from batch_limit import PROMPTS, BareLoop, chat  # noqa: E402
 SYSTEMS = ("stack", "inprocess", "llama-cpp-server", "limit", "llama-server")
 LABELS = {"inprocess": "(a) in-process llama-cpp-python", "llama-cpp-server": "(b) llama_cpp.server",
           "limit": "(c) low-level batched loop", "llama-server": "(d) llama-server", "stack": "modelrunner stack"}
-SLOTS = 8
+DEFAULT_SLOTS = 8
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_bench.md"
 
 
@@ -230,10 +230,10 @@ def fastest_flash(model: Path, prompts: list[str], logs: Path, args, notes: list
     """llama-server's flash attention on vs off at N=8 (one cell each); the faster runs the grid."""
     rates = {}
     for flash in (True, False):
-        with peers.llama_server(model, args.context, SLOTS, flash, logs) as endpoint:
-            rates[flash] = http_round(endpoint, prompts, [SLOTS], args, notes)[SLOTS].tokens_per_s
+        with peers.llama_server(model, args.context, args.slots, flash, logs) as endpoint:
+            rates[flash] = http_round(endpoint, prompts, [args.slots], args, notes)[args.slots].tokens_per_s
     best = rates[True] >= rates[False]
-    return best, (f"llama-server flash attention probe at N={SLOTS}: on {rates[True]:.1f} tok/s, "
+    return best, (f"llama-server flash attention probe at N={args.slots}: on {rates[True]:.1f} tok/s, "
                   f"off {rates[False]:.1f} tok/s; the grid uses {'on' if best else 'off'}")
 
 
@@ -247,14 +247,14 @@ def run_round(name: str, model: Path, prompts: list[str], logs: Path, args, run:
         run.add(name, limit_round(model, args.concurrency, args.tokens))
         return
     if name == "stack":
-        server = peers.modelrunner_stack(model, args.context, SLOTS, logs)
+        server = peers.modelrunner_stack(model, args.context, args.slots, logs)
     elif name == "llama-cpp-server":
         server = peers.llama_cpp_server(model, args.context, logs)
     else:
         if run.flash is None:
             run.flash, note = fastest_flash(model, prompts, logs, args, run.notes)
             run.notes.append(note)
-        server = peers.llama_server(model, args.context, SLOTS, run.flash, logs)
+        server = peers.llama_server(model, args.context, args.slots, run.flash, logs)
     with server as endpoint:
         run.add(name, http_round(endpoint, prompts, args.concurrency, args, run.notes))
         rss = endpoint.peak_rss_bytes()
@@ -275,7 +275,7 @@ def report(run: Run, args) -> str:
         "# Serving benchmark (issue 10)",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} cores, {peers.threads()} threads "
-        f"per system; Gemma 3 270M Q4_K_M, context {args.context}, {SLOTS} slots; {args.tokens} greedy tokens per "
+        f"per system; Gemma 3 270M Q4_K_M, context {args.context}, {args.slots} slots; {args.tokens} greedy tokens per "
         f"request (EOS ignored); a cell sends max(N, {args.min_requests}) requests, N in flight; medians of "
         f"{args.rounds_done} of {args.repeats} rounds. Client: httpx async streaming on /v1/completions. Times in ms.",
         "",
@@ -314,6 +314,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--min-requests", type=int, default=len(PROMPTS), help="requests per cell at least")
     parser.add_argument("--context", type=int, default=8192, help="KV cache tokens, the same for every system")
+    parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
+                        help="parallel slots of the stack's Runner and of llama-server (the issue's grid: 8)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
