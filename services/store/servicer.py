@@ -44,7 +44,7 @@ async def _drain(request_iterator, limit: float) -> None:
     received = 0
     try:
         async for message in request_iterator:
-            received += len(message.data)
+            received += len(message) if isinstance(message, memoryview) else len(message.data)
             if received > limit:
                 return
     except grpc.RpcError:
@@ -124,15 +124,15 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
 
     async def WriteBlob(self, request_iterator, context) -> store_pb2.WriteBlobResponse:
         first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
+        if not isinstance(first, store_pb2.WriteBlobRequest) or first.WhichOneof("part") != "header":
             raise invalid("the first WriteBlob message must be the header (digest, size, offset)")
         header = first.header
 
-        async def data() -> AsyncIterator[bytes]:
+        async def data() -> AsyncIterator[memoryview]:
             async for message in request_iterator:
-                if message.WhichOneof("part") != "data":
+                if not isinstance(message, memoryview):
                     raise invalid("only the first WriteBlob message may be a header")
-                yield message.data
+                yield message
 
         size = offset = 0
         try:
@@ -167,8 +167,41 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         )
 
 
-def register(servicer: StoreServicer):
+def parse_write_request(raw: bytes) -> store_pb2.WriteBlobRequest | memoryview:
+    """WriteBlobRequest.FromString, except that a data message (the `data` field alone: tag 0x12, varint
+    length, bytes) is a view of its bytes in `raw`, saving the parser's copy and `.data`'s copy of
+    every MiB received."""
+    if raw[:1] == b"\x12":
+        length = shift = 0
+        for pos in range(1, min(len(raw), 11)):
+            length |= (raw[pos] & 0x7F) << shift
+            if raw[pos] < 0x80:
+                if pos + 1 + length == len(raw):
+                    return memoryview(raw)[pos + 1 :]
+                break
+            shift += 7
+    return store_pb2.WriteBlobRequest.FromString(raw)
+
+
+class _Handlers:
+    """Stands in for the server to collect the method handlers the generated code registers."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers = handlers
+
+
+def register(servicer: store_pb2_grpc.StoreServicer):
+    """Adds the servicer to a server, with WriteBlob's data messages parsed by parse_write_request."""
+
     def add(server: grpc.aio.Server) -> None:
-        store_pb2_grpc.add_StoreServicer_to_server(servicer, server)
+        collected = _Handlers()
+        store_pb2_grpc.add_StoreServicer_to_server(servicer, collected)
+        handlers = collected.handlers
+        handlers["WriteBlob"] = handlers["WriteBlob"]._replace(request_deserializer=parse_write_request)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
     return add
