@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from modelrunner.store.models import ModelStore
+from modelrunner.store.servicer import register
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,14 +83,15 @@ async def write_through_store(addr: str, src: Path, digest: str, size: int, chun
 
 
 class _Sink(store_pb2_grpc.StoreServicer):
-    """WriteBlob that only counts the bytes: the transport's ceiling."""
+    """WriteBlob that only counts the bytes, parsed as the Store parses them: the transport's ceiling."""
 
     async def WriteBlob(self, request_iterator, context):
         header, size = None, 0
         async for message in request_iterator:
             if header is None:
                 header = message.header
-            size += len(message.data)
+            else:
+                size += len(message)
         return store_pb2.WriteBlobResponse(digest=header.digest, size=size)
 
     async def PurgeModels(self, request, context):
@@ -102,7 +104,7 @@ class _Sink(store_pb2_grpc.StoreServicer):
 async def serve_sink(addr: str) -> None:
     opts = [("grpc.max_receive_message_length", 64 << 20)]
     server = grpc.aio.server(options=opts)
-    store_pb2_grpc.add_StoreServicer_to_server(_Sink(), server)
+    register(_Sink())(server)
     server.add_insecure_port(addr)
     await server.start()
     await server.wait_for_termination()

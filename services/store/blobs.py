@@ -4,19 +4,19 @@ A write appends to `ingest/<hex>` and only a verified blob is renamed to `blobs/
 crash leaves at most a partial upload, which the next writer resumes (StatBlob says from where).
 Writes of one digest are serialised by a per-digest lock: two writers of the same blob make one
 write, and the second finds it complete. Disk work runs in a thread pool so many streams proceed at
-once; the next chunk is received while the previous one is hashed (one thread) and written (another).
+once; what a stream receives while one batch of chunks is hashed (one thread) and written (another)
+is the next batch, and the file is flushed in the background as it grows, so the final fsync is short.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import hashlib
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,16 @@ from modelrunner.store.layout import Layout, check_digest, fsync_dir
 
 from modelrunner.common.errors import ServiceError, invalid, not_found
 
+Data = bytes | memoryview  # a chunk of a blob as received (a view of the gRPC message)
+
 READ_CHUNK = 1 << 20
 _HASH_CHUNK = 8 << 20
-_WRITEBACK_BYTES = 32 << 20
+# Bytes a stream receives ahead of its hashing and writing: one pool hop then carries many chunks.
+_AHEAD_BYTES = 16 << 20
+# A blob's bytes are flushed to disk in the background every _SYNC_BYTES while the stream goes on,
+# so the final fsync waits for the last few MiB rather than for the whole blob.
+_SYNC_BYTES = 64 << 20
+_datasync = getattr(os, "fdatasync", os.fsync)
 # A blob written or found by a writer is kept from garbage collection this long, so a pull's layers
 # survive until its manifest (which then references them) is committed.
 LEASE_SECONDS = 3600.0
@@ -47,25 +54,10 @@ class WriteResult:
     existed: bool
 
 
-def _writeback_starter() -> Callable[[int, int, int], None]:
-    """Linux sync_file_range(SYNC_FILE_RANGE_WRITE): starts writing dirty pages back without waiting;
-    a no-op elsewhere (fsync still makes the blob durable)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        sync_file_range = libc.sync_file_range
-    except (OSError, AttributeError):
-        return lambda fd, offset, length: None
-    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return lambda fd, offset, length: sync_file_range(fd, offset, length, 2)
-
-
-start_writeback = _writeback_starter()
-
-
 class _Ingest:
     """One partial upload: appends to ingest/<hex> and hashes what it appends."""
 
-    def __init__(self, path: Path, offset: int) -> None:
+    def __init__(self, path: Path, offset: int, executor: Executor) -> None:
         self.path = path
         self.hash = hashlib.sha256()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -76,7 +68,9 @@ class _Ingest:
             os.close(self.fd)
             raise
         self.size = offset
-        self._flushed = offset
+        self._executor = executor
+        self._synced = offset
+        self._sync: Future | None = None
 
     def _rehash(self, length: int) -> None:
         """Hashes the bytes a previous writer left, once, so the stream continues the same digest."""
@@ -89,27 +83,43 @@ class _Ingest:
             self.hash.update(data)
             left -= len(data)
 
-    def update_hash(self, data: bytes) -> None:
-        self.hash.update(data)
+    def update_hash(self, chunks: list[Data]) -> None:
+        for chunk in chunks:
+            self.hash.update(chunk)
 
-    def write(self, data: bytes) -> None:
-        """Appends `data` (hash it with update_hash, in order); starts writeback every few MiB so
-        the final fsync does not wait for the whole blob."""
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.size += len(data)
-        if self.size - self._flushed >= _WRITEBACK_BYTES:
-            start_writeback(self.fd, self._flushed, self.size - self._flushed)
-            self._flushed = self.size
+    def write(self, chunks: list[Data]) -> None:
+        """Appends `chunks` (hash them with update_hash, in order); every _SYNC_BYTES, starts an
+        fdatasync in the pool unless the last one still runs."""
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            self.size += len(chunk)
+        if self.size - self._synced >= _SYNC_BYTES and (self._sync is None or self._sync.done()):
+            self._settle_sync()
+            self._sync = self._executor.submit(_datasync, self.fd)
+            self._synced = self.size
+
+    def _settle_sync(self) -> None:
+        """Drops the background sync if it has not started (the pool may be full of our callers), else
+        waits for it and raises its error (which a later fsync of this fd would not report)."""
+        sync, self._sync = self._sync, None
+        if sync is not None and not sync.cancel():
+            sync.result()
 
     def finish(self) -> str:
         """Fsyncs and closes the file; returns the digest of everything written."""
+        self._settle_sync()
         os.fsync(self.fd)
         self.close()
         return "sha256:" + self.hash.hexdigest()
 
     def close(self) -> None:
+        """Closes the file, after the background sync (never under it); ignores its error."""
+        try:
+            self._settle_sync()
+        except OSError:
+            pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -141,8 +151,8 @@ class BlobStore:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._leases: dict[str, float] = {}
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    def _run(self, fn, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def lock(self, digest: str) -> asyncio.Lock:
         lock = self._locks.get(digest)
@@ -184,7 +194,7 @@ class BlobStore:
             return BlobStat(True, size, 0)
         return BlobStat(False, 0, self._size(self.layout.partial(digest)) or 0)
 
-    async def write(self, digest: str, size: int, offset: int, chunks: AsyncIterator[bytes]) -> WriteResult:
+    async def write(self, digest: str, size: int, offset: int, chunks: AsyncIterator[Data]) -> WriteResult:
         """Writes the blob from `offset` with the data of `chunks`.
 
         `offset` must equal the bytes of the partial upload held (StatBlob), or be 0 to start again.
@@ -210,7 +220,7 @@ class BlobStore:
                     f"blob {digest}: the write starts at offset {offset}, but the Store holds {held} bytes "
                     f"of it: resume at offset {held} (StatBlob) or start again at 0",
                 )
-            ingest = await self._run(_Ingest, partial_path, offset)
+            ingest = await self._run(_Ingest, partial_path, offset, self.executor)
             try:
                 await self._receive(ingest, digest, size, chunks)
                 actual = await self._run(ingest.finish)
@@ -227,40 +237,54 @@ class BlobStore:
             self.lease(digest)
             return WriteResult(digest, size, False)
 
-    async def _receive(self, ingest: _Ingest, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
-        """Appends the stream to `ingest`, writing one chunk while the next is received."""
-        loop = asyncio.get_running_loop()
+    async def _receive(self, ingest: _Ingest, digest: str, size: int, chunks: AsyncIterator[Data]) -> None:
+        """Appends the stream to `ingest`: while one batch of chunks is hashed (one thread) and written
+        (another), the next batch is received, up to _AHEAD_BYTES."""
         received = ingest.size
-        pending: list[asyncio.Future] = []
+        batch: list[Data] = []
+        batched = 0
+        pending: asyncio.Future | None = None
         try:
             async for data in chunks:
                 received += len(data)
-                if pending:
-                    await asyncio.gather(*pending)
                 if received > size:
+                    if pending:
+                        await asyncio.shield(pending)
                     await self._run(ingest.close)
                     await self._run(ingest.path.unlink, True)
                     raise invalid(
                         f"blob {digest}: the writer declared {size} bytes but sent more ({received}); "
                         "the bytes were discarded"
                     )
-                # Hash and write this chunk in two threads while the loop receives the next one.
-                pending = [
-                    loop.run_in_executor(self.executor, ingest.update_hash, data),
-                    loop.run_in_executor(self.executor, ingest.write, data),
-                ]
+                batch.append(data)
+                batched += len(data)
+                if pending is None or pending.done() or batched >= _AHEAD_BYTES:
+                    if pending:
+                        await asyncio.shield(pending)
+                    pending = asyncio.ensure_future(self._append(ingest, batch))
+                    batch, batched = [], 0
             if pending:
-                await asyncio.gather(*pending)
+                await asyncio.shield(pending)
+            if batch:
+                pending = asyncio.ensure_future(self._append(ingest, batch))
+                await asyncio.shield(pending)
         finally:
             # Never close the file under a write still running in the pool (cancelled stream).
-            if pending and not all(f.done() for f in pending):
-                await asyncio.wait(pending)
+            if pending and not pending.done():
+                await asyncio.wait([pending])
         if received < size:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"blob {digest}: the stream ended after {received} of {size} bytes; they are kept, "
                 f"resume at offset {received}",
             )
+
+    async def _append(self, ingest: _Ingest, batch: list[Data]) -> None:
+        """Hashes `batch` in one thread and writes it in another; returns when both are done."""
+        jobs = [self._run(ingest.update_hash, batch), self._run(ingest.write, batch)]
+        await asyncio.wait(jobs)
+        for job in jobs:
+            job.result()
 
     def _commit(self, path: Path, digest: str) -> None:
         os.replace(path, self.layout.blob(digest))

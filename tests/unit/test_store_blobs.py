@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from modelrunner.common.oci import Blob, render_manifest
+from modelrunner.store import blobs
 from modelrunner.store.models import ModelStore
 
 from modelrunner.common import media_types
@@ -68,6 +69,21 @@ async def test_a_digest_mismatch_discards_the_bytes(store: ModelStore):
         await store.blobs.write(wrong, len(data), 0, chunks(data))
     assert exc.value.code == grpc.StatusCode.DATA_LOSS and digest_of(data) in exc.value.message
     assert store.blobs.stat(wrong).partial == 0 and not store.blobs.exists(wrong)
+
+
+async def test_a_cancelled_stream_keeps_what_was_written_and_synced(store: ModelStore, monkeypatch):
+    monkeypatch.setattr(blobs, "_SYNC_BYTES", 2 * CHUNK)
+    data = os.urandom(32 * CHUNK)
+    digest = digest_of(data)
+    writer = asyncio.create_task(store.blobs.write(digest, len(data), 0, chunks(data, asyncio.Event())))
+    await asyncio.sleep(0.2)  # the first half is received; the stream then waits forever
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    held = store.blobs.stat(digest).partial
+    assert 0 < held <= len(data) // 2 and store.layout.partial(digest).read_bytes() == data[:held]
+    result = await store.blobs.write(digest, len(data), held, chunks(data[held:]))
+    assert not result.existed and store.layout.blob(digest).read_bytes() == data
 
 
 async def test_two_writers_of_one_blob_make_one_write(store: ModelStore):
