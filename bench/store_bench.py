@@ -1,7 +1,8 @@
 """Store write throughput: a 1 GiB blob through the Store's gRPC WriteBlob stream vs `cp` on one disk.
 
 Both copy the same file in the same run, into the same filesystem. The Store also hashes (sha256),
-verifies, fsyncs and renames, so `cp` + fsync is shown as well, and so is the same stream into a
+verifies, fsyncs and renames, so `cp` + fsync and sha256 of the file alone are shown as well, and so
+is the same stream into a
 server that only counts the bytes (the gRPC transport's own ceiling on this host), and the Store's
 write path without gRPC. Note: GNU cp copies with copy_file_range, inside the kernel. Run: `python bench/store_bench.py
 [--size-mib 1024] [--dir DIR]`; prints a table (best of --repeat runs for each row).
@@ -53,6 +54,17 @@ def time_cp(src: Path, dst: Path, fsync: bool) -> float:
     elapsed = time.perf_counter() - start
     dst.unlink()
     return elapsed
+
+
+def time_sha256(src: Path) -> float:
+    """sha256 of the file alone (from the page cache): the verification the Store cannot skip, and so
+    a floor under any WriteBlob, whatever its transport and disk."""
+    start = time.perf_counter()
+    h = hashlib.sha256()
+    with open(src, "rb", buffering=0) as f:
+        while data := f.read(8 << 20):
+            h.update(data)
+    return time.perf_counter() - start
 
 
 def free_port() -> int:
@@ -163,6 +175,7 @@ def main() -> None:
         rows: list[tuple[str, float]] = []
         rows.append(("cp", min(time_cp(src, work / "copy.bin", False) for _ in range(args.repeat))))
         rows.append(("cp + fsync", min(time_cp(src, work / "copy.bin", True) for _ in range(args.repeat))))
+        rows.append(("sha256 of the file alone", min(time_sha256(src) for _ in range(args.repeat))))
         for chunk_mib in (1, 4):
             best = min(
                 asyncio.run(write_through_store(addr, src, digest, size, chunk_mib << 20)) for _ in range(args.repeat)
