@@ -45,7 +45,7 @@ async def test_kill_during_a_200mb_write_then_resume(tmp_path: Path, tiny_gguf: 
         blob_path = proc.models_dir / "blobs" / "sha256" / digest[7:]
         assert not blob_path.exists()
         proc.start()
-        async with proc.channel() as ch:
+        async with proc.reconnected() as ch:
             stub = store_pb2_grpc.StoreStub(ch)
             stat = await stub.StatBlob(store_pb2.StatBlobRequest(digest=digest))
             assert not stat.exists and 0 < stat.partial <= BIG // 2
@@ -99,7 +99,7 @@ async def test_kill_during_tag_updates_leaves_a_consistent_index(tmp_path: Path)
         assert ids == {one.id, two.id}
         proc.start()
         assert not [p for p in (proc.models_dir / "ingest").iterdir() if p.name.startswith("tmp-")]
-        async with proc.channel() as ch:
+        async with proc.reconnected() as ch:
             stub = store_pb2_grpc.StoreStub(ch)
             models = {m.id: m for m in (await stub.ListModels(store_pb2.ListModelsRequest())).models}
             assert set(models) == {one.id, two.id}

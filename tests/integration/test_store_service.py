@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import mmap
@@ -71,6 +72,15 @@ class StoreProcess:
     def channel(self) -> grpc.aio.Channel:
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
         return grpc.aio.insecure_channel(self.addr, options=opts)
+
+    @contextlib.asynccontextmanager
+    async def reconnected(self) -> AsyncIterator[grpc.aio.Channel]:
+        """A channel after a restart on the same port. gRPC shares subchannels between channels of one
+        process, so a new channel can inherit the killed server's connection backoff and fail its first
+        call with "Connection refused"; waiting until it is ready avoids that."""
+        async with self.channel() as ch:
+            await asyncio.wait_for(ch.channel_ready(), 20)
+            yield ch
 
 
 def digest_of(data: bytes) -> str:
@@ -322,7 +332,7 @@ async def test_a_model_with_a_missing_blob_is_reported_broken(tmp_path, tiny_ggu
         proc.stop()
         Path(gguf).unlink()
         proc.start()
-        async with proc.channel() as ch:
+        async with proc.reconnected() as ch:
             stub = store_pb2_grpc.StoreStub(ch)
             assert [m.id for m in (await stub.ListModels(store_pb2.ListModelsRequest())).models] == [model.id]
             with pytest.raises(grpc.aio.AioRpcError) as exc:
