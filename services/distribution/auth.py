@@ -3,6 +3,10 @@
 A token is asked for every scope the operation needs at once (`repository:<name>:pull,push` for a
 push, plus `repository:<source>:pull` for cross-repository mounts), so a push never runs on a
 pull-only token and a request body is never sent twice to learn that it needed a token.
+
+An identity token (a credential helper's `<token>` user) is an OAuth2 refresh token: it is never sent
+as Basic, and is exchanged for an access token by a POST to the realm (grant_type=refresh_token), as
+the docker CLI does; a registry that only does Basic cannot take one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from modelrunner.common.errors import ServiceError
 from modelrunner.distribution.credentials import ENV_PASSWORD, ENV_USER, Credentials
 
 TOKEN_MARGIN_S = 30
+CLIENT_ID = "modelrunner"  # the OAuth2 client_id sent with an identity token
 
 
 def login_hint(registry: str) -> str:
@@ -37,7 +42,7 @@ class RegistryAuth:
     def header(self) -> dict[str, str]:
         if self._token and time.monotonic() < self._token_expiry:
             return {"Authorization": f"Bearer {self._token}"}
-        if self.credentials is not None and not self._bearer:
+        if self.credentials is not None and not self._bearer and not self.credentials.identity_token:
             return {"Authorization": f"Basic {self.credentials.basic()}"}
         return {}
 
@@ -49,6 +54,13 @@ class RegistryAuth:
             if self.credentials is None:
                 raise ServiceError(
                     grpc.StatusCode.UNAUTHENTICATED, f"registry {self.registry} requires a login: {login_hint(self.registry)}"
+                )
+            if self.credentials.identity_token:
+                raise ServiceError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"registry {self.registry} asks for Basic auth, which an identity token (the credential helper's "
+                    f"`<token>` user) cannot answer: log in with a username and password "
+                    f"(`docker login -u USER {self.registry}`), or set {ENV_USER} and {ENV_PASSWORD}",
                 )
             raise ServiceError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -65,15 +77,22 @@ class RegistryAuth:
         params: list[tuple[str, str]] = [("scope", s) for s in scopes]
         if parsed.service:
             params.append(("service", parsed.service))
-        headers = {"Authorization": f"Basic {self.credentials.basic()}"} if self.credentials else {}
         try:
-            reply = await http.get(parsed.realm, params=params, headers=headers)
+            if self.credentials is not None and self.credentials.identity_token:
+                form = {"grant_type": "refresh_token", "refresh_token": self.credentials.password,
+                        "client_id": CLIENT_ID, "scope": " ".join(scopes)}
+                if parsed.service:
+                    form["service"] = parsed.service
+                reply = await http.post(parsed.realm, data=form)
+            else:
+                headers = {"Authorization": f"Basic {self.credentials.basic()}"} if self.credentials else {}
+                reply = await http.get(parsed.realm, params=params, headers=headers)
         except httpx.TransportError as exc:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"token service of registry {self.registry} is unreachable: {type(exc).__name__}"
             ) from None
         if reply.status_code in (401, 403):
-            who = f"user {self.credentials.username!r}" if self.credentials else "anonymous access"
+            who = self.credentials.who() if self.credentials else "anonymous access"
             raise ServiceError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"registry {self.registry} refused a token to {who}: {login_hint(self.registry)}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,11 +26,18 @@ class Context:
     def reference(self, name: str) -> Reference:
         return parse_reference(name, default_registry=self.default_registry)
 
-    def client(self, ref: Reference, actions: str, insecure: bool, extra_scopes: tuple[str, ...] = ()) -> RegistryClient:
+    async def login(self, ref: Reference) -> Credentials | None:
+        """`ref`'s registry credentials, looked up off the event loop (a credential helper may run for
+        seconds). Once per pull or push: its clients share the answer, so no secret outlives it."""
+        return await asyncio.to_thread(self.credentials, ref.registry)
+
+    def client(
+        self, ref: Reference, actions: str, insecure: bool, login: Credentials | None, extra_scopes: tuple[str, ...] = ()
+    ) -> RegistryClient:
         """A client for `ref`'s repository with a token scope of `actions` ("pull" or "pull,push")."""
         return RegistryClient(
             ref.registry,
-            credentials=self.credentials(ref.registry),
+            credentials=login,
             scopes=[f"repository:{ref.repository}:{actions}", *extra_scopes],
             options=self.options,
             insecure=insecure,

@@ -1,10 +1,18 @@
-"""Registry credentials: MODELRUNNER_REGISTRY_USERNAME/PASSWORD, else ~/.docker/config.json `auths`.
+"""Registry credentials, looked up per registry host in the docker CLI's order:
 
-A per-registry pair wins over the global one: MODELRUNNER_REGISTRY_USERNAME_<HOST> where <HOST> is
-the registry with every character other than a letter or digit turned into `_`, upper-cased
-(`127.0.0.1:5000` -> `MODELRUNNER_REGISTRY_USERNAME_127_0_0_1_5000`). The Docker config is read from
-$DOCKER_CONFIG/config.json when DOCKER_CONFIG is set (as the docker CLI does; oras-py ignores it).
-Credential helpers (`credsStore`) are not run: use `auths` or the variables.
+1. MODELRUNNER_REGISTRY_USERNAME/PASSWORD. A per-registry pair wins over the global one:
+   MODELRUNNER_REGISTRY_USERNAME_<HOST> where <HOST> is the registry with every character other than a
+   letter or digit turned into `_`, upper-cased (`127.0.0.1:5000` -> `MODELRUNNER_REGISTRY_USERNAME_127_0_0_1_5000`).
+2. The Docker config ($DOCKER_CONFIG/config.json when DOCKER_CONFIG is set, as the docker CLI does,
+   else ~/.docker/config.json): the credential helper of `credHelpers[host]`, else of `credsStore`
+   (`docker-credential-<name> get` on PATH, the docker-credential-helpers protocol; Docker Hub is
+   asked for as `https://index.docker.io/v1/`), else the `auths` entry of the host. A helper that
+   has no credentials for the host ("credentials not found") falls through to `auths`, then anonymous.
+
+A configured helper that is not on PATH, times out, fails or answers what is not its JSON is an error
+(CredentialHelperError, FAILED_PRECONDITION) naming the helper and the config file: the user set it
+up, so going anonymous would hide the cause. An identity token (a helper's Username `<token>`) is
+exchanged at the registry's token service (auth.py). Secrets are never logged nor shown in a repr.
 """
 
 from __future__ import annotations
@@ -14,12 +22,21 @@ import binascii
 import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
+
+from modelrunner.common.errors import ServiceError
 
 ENV_USER = "MODELRUNNER_REGISTRY_USERNAME"
 ENV_PASSWORD = "MODELRUNNER_REGISTRY_PASSWORD"
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io", "docker.io")
+DOCKER_HUB_SERVER_URL = DOCKER_HUB_KEYS[0]  # what the docker CLI asks helpers for, for Docker Hub
+HELPER_PREFIX = "docker-credential-"
+HELPER_TIMEOUT_S = 10.0
+IDENTITY_TOKEN_USER = "<token>"  # a helper's Username when its Secret is an identity (refresh) token
 
 
 @dataclass(frozen=True)
@@ -30,8 +47,23 @@ class Credentials:
     def __repr__(self) -> str:  # never print a secret, even in a traceback's locals
         return f"Credentials(username={self.username!r}, password=***)"
 
+    @property
+    def identity_token(self) -> bool:
+        """The password is an OAuth2 refresh token (`docker login` to a registry that issues them)."""
+        return self.username == IDENTITY_TOKEN_USER
+
+    def who(self) -> str:
+        return "an identity token" if self.identity_token else f"user {self.username!r}"
+
     def basic(self) -> str:
         return base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+
+class CredentialHelperError(ServiceError):
+    """A configured credential helper could not answer: what to fix is in the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
 def _env_suffix(registry: str) -> str:
@@ -57,27 +89,113 @@ def _strip_scheme(key: str) -> str:
     return re.sub(r"^https?://", "", key).rstrip("/").removesuffix("/v1").removesuffix("/v2")
 
 
-def from_docker_config(registry: str, path: Path) -> Credentials | None:
+def _read_config(path: Path) -> dict:
     try:
-        auths = json.loads(path.read_text()).get("auths", {})
+        config = json.loads(path.read_text())
     except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _entry(section: object, registry: str) -> object:
+    """The value of `section` (a dict keyed by registry, with or without scheme) for `registry`."""
+    if not isinstance(section, dict):
         return None
     wanted = DOCKER_HUB_KEYS if registry == "docker.io" else (registry,)
-    for key, entry in auths.items():
-        if key not in wanted and _strip_scheme(key) not in wanted or not isinstance(entry, dict):
-            continue
-        if entry.get("username") and entry.get("password"):
-            return Credentials(entry["username"], entry["password"])
-        if entry.get("auth"):
-            try:
-                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                continue
-            if username and password:
-                return Credentials(username, password)
+    for key, value in section.items():
+        if key in wanted or _strip_scheme(key) in wanted:
+            return value
     return None
 
 
+def _from_auths(registry: str, config: dict) -> Credentials | None:
+    entry = _entry(config.get("auths"), registry)
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("username") and entry.get("password"):
+        return Credentials(entry["username"], entry["password"])
+    if entry.get("auth"):
+        try:
+            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if username and password:
+            return Credentials(username, password)
+    return None
+
+
+def from_docker_config(registry: str, path: Path) -> Credentials | None:
+    """The `auths` entry of `registry` in the Docker config at `path` (helpers are not run)."""
+    return _from_auths(registry, _read_config(path))
+
+
+def helper_for(registry: str, config: dict) -> tuple[str, str] | None:
+    """(helper name, the config key naming it) for `registry`: `credHelpers[host]`, else `credsStore`."""
+    name = _entry(config.get("credHelpers"), registry)
+    if isinstance(name, str) and name:
+        return name, "credHelpers"
+    name = config.get("credsStore")
+    if isinstance(name, str) and name:
+        return name, "credsStore"
+    return None
+
+
+def server_url(registry: str) -> str:
+    """What the docker CLI writes to a helper's stdin for `registry`."""
+    return DOCKER_HUB_SERVER_URL if registry == "docker.io" else registry
+
+
+def from_helper(
+    helper: str, registry: str, config_path: Path, key: str = "credsStore", timeout: float = HELPER_TIMEOUT_S
+) -> Credentials | None:
+    """`docker-credential-<helper> get` for `registry`: its credentials, None when it has none."""
+    program = HELPER_PREFIX + helper
+    where = f"credential helper {program} ({key} in {config_path})"
+    fix = (f"fix it, or remove {key} from that file, or set {ENV_USER} and {ENV_PASSWORD} "
+           f"(or their _{_env_suffix(registry)} form)")
+    try:
+        done = subprocess.run(
+            [program, "get"], input=server_url(registry).encode(), capture_output=True, timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise CredentialHelperError(f"{where} is not on PATH: install it, or {fix}") from None
+    except PermissionError:
+        raise CredentialHelperError(f"{where} is not executable: {fix}") from None
+    except subprocess.TimeoutExpired:
+        raise CredentialHelperError(
+            f"{where} did not answer within {timeout:g} s for {server_url(registry)} (is it waiting for an unlock "
+            f"prompt?): {fix}"
+        ) from None
+    stdout = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0:
+        if "credentials not found" in stdout.lower():
+            return None
+        said = (done.stderr.decode(errors="replace").strip() or ("" if stdout.startswith("{") else stdout)).splitlines()
+        detail = f": {said[0][:200]}" if said else ""
+        raise CredentialHelperError(f"{where} failed with exit status {done.returncode}{detail}; {fix}")
+    try:
+        answer = json.loads(stdout)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("Username"), str) or not isinstance(answer.get("Secret"), str):
+        raise CredentialHelperError(
+            f"{where} answered what is not its JSON ({{\"Username\": ..., \"Secret\": ...}}) for {server_url(registry)}: {fix}"
+        )
+    if not answer["Username"] or not answer["Secret"]:
+        return None
+    return Credentials(answer["Username"], answer["Secret"])
+
+
 def lookup(registry: str) -> Credentials | None:
-    """The credentials for `registry`, or None to go anonymous."""
-    return from_env(registry) or from_docker_config(registry, docker_config_path())
+    """The credentials for `registry`, or None to go anonymous. May run a credential helper: blocking,
+    for up to HELPER_TIMEOUT_S; call it off the event loop (Context.login)."""
+    found = from_env(registry)
+    if found is not None:
+        return found
+    path = docker_config_path()
+    config = _read_config(path)
+    helper = helper_for(registry, config)
+    if helper is not None:
+        found = from_helper(helper[0], registry, path, helper[1])
+    return found or _from_auths(registry, config)

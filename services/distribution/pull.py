@@ -46,7 +46,8 @@ async def resolve(client: RegistryClient, ref: Reference) -> ModelManifest:
 async def pull(ctx: Context, name: str, insecure: bool, progress: TransferProgress) -> str:
     """Pulls `name` into the Store; returns the model id."""
     ref = ctx.reference(name)
-    async with ctx.client(ref, "pull", insecure) as client:
+    login = await ctx.login(ref)
+    async with ctx.client(ref, "pull", insecure, login) as client:
         manifest = await resolve(client, ref)
     missing: list[Blob] = []
     for blob in manifest.blobs:
@@ -61,7 +62,7 @@ async def pull(ctx: Context, name: str, insecure: bool, progress: TransferProgre
     async def fetch(blob: Blob) -> None:
         async with limit:
             async def start(counter: LayerCounter) -> None:
-                async with ctx.client(ref, "pull", insecure) as own:
+                async with ctx.client(ref, "pull", insecure, login) as own:
                     await download_blob(own, ref.repository, blob, ctx.store, counter)
 
             await ctx.downloads.run(blob, start, progress.watch)

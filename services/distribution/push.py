@@ -82,7 +82,7 @@ async def push(ctx: Context, name: str, insecure: bool, progress: TransferProgre
     sources = mount_sources(await ctx.store.tags_of(local.digest), ref.registry, ref.repository)
     extra = tuple(f"repository:{s}:pull" for s in sources)
     limit = asyncio.Semaphore(ctx.concurrency)
-    async with ctx.client(ref, "pull,push", insecure, extra) as client:
+    async with ctx.client(ref, "pull,push", insecure, await ctx.login(ref), extra) as client:
 
         async def send(blob: Blob) -> None:
             counter = LayerCounter(blob.digest, blob.size)

@@ -22,7 +22,7 @@ MAX_CONFIG_BYTES = 16 << 20
 
 async def remote_model(ctx: Context, name: str, insecure: bool) -> types_pb2.Model:
     ref = ctx.reference(name)
-    async with ctx.client(ref, "pull", insecure) as client:
+    async with ctx.client(ref, "pull", insecure, await ctx.login(ref)) as client:
         manifest = await resolve(client, ref)
         blob = manifest.config
         if blob.size > MAX_CONFIG_BYTES:

@@ -1,7 +1,7 @@
 """The Distribution's own settings (flags and MODELRUNNER_* variables), beyond the shared ones.
 
 Credentials are not flags: a password in a command line shows in `ps`. They come from the
-environment or the Docker config only (see credentials.py).
+environment or the Docker config (its `auths` or credential helpers) only (see credentials.py).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class TokenServer:
     password: str
     port: int = 0
     requests: list[dict] = field(default_factory=list)
+    refresh_token: str = "test-identity-token"  # the OAuth2 refresh token (a helper's `<token>` Secret) it takes
 
     def __post_init__(self) -> None:
         self.key = self.workdir / "token.key"
@@ -99,7 +100,21 @@ class TokenServer:
                     self.send_response(401)
                     self.end_headers()
                     return
-                body = json.dumps({"token": server.token_for(scopes, server.username), "expires_in": 300}).encode()
+                self._json({"token": server.token_for(scopes, server.username), "expires_in": 300})
+
+            def do_POST(self) -> None:  # noqa: N802: the OAuth2 grant of an identity token
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())
+                scopes = [s for value in form.get("scope", []) for s in value.split(" ")]
+                granted = form.get("grant_type") == ["refresh_token"] and form.get("refresh_token") == [server.refresh_token]
+                server.requests.append({"scopes": scopes, "authenticated": granted, "oauth": True})
+                if not granted:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                self._json({"access_token": server.token_for(scopes, server.username), "expires_in": 300})
+
+            def _json(self, reply: dict) -> None:
+                body = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
