@@ -20,6 +20,7 @@ class Context:
     options: RegistryOptions = RegistryOptions()
     default_registry: str = "docker.io"
     concurrency: int = 4
+    upload_chunk: int = 64 << 20  # bytes per PATCH of a push: what a broken upload may have to resend
     downloads: SharedDownloads = field(default_factory=SharedDownloads)
     credentials: Callable[[str], Credentials | None] = credentials.lookup
 

@@ -23,11 +23,15 @@ def context_from(args, store: StoreClient) -> Context:
     concurrency = int(args.pull_concurrency)
     if concurrency < 1:
         raise SystemExit(f"modelrunner distribution: --pull-concurrency must be at least 1, not {concurrency}")
+    upload_chunk = int(args.upload_chunk_size)
+    if upload_chunk < 1:
+        raise SystemExit(f"modelrunner distribution: --upload-chunk-size must be at least 1, not {upload_chunk}")
     return Context(
         store=store,
         options=RegistryOptions(ca_bundle=args.ca_bundle, insecure_registries=insecure),
         default_registry=args.default_registry,
         concurrency=concurrency,
+        upload_chunk=upload_chunk,
     )
 
 

@@ -21,7 +21,6 @@ from modelrunner.distribution.registry import RegistryClient, TransferError, bac
 from modelrunner.distribution.store_client import BlobSource
 from modelrunner.distribution.tasks import run_all
 
-UPLOAD_CHUNK = 64 << 20  # bytes per PATCH: what a broken upload may have to resend
 MAX_STALLED_ATTEMPTS = 6
 
 
@@ -40,11 +39,19 @@ async def _slice(source: BlobSource, digest: str, offset: int, length: int, coun
         raise ServiceError(grpc.StatusCode.DATA_LOSS, f"the Store's blob {digest} ended {left} bytes early")
 
 
-async def upload_blob(client: RegistryClient, location: str, blob: Blob, source: BlobSource, counter: LayerCounter) -> None:
-    """Chunked upload session: PATCHes with Content-Range, resumed from the registry's offset after a break."""
+async def upload_blob(
+    client: RegistryClient, repository: str, location: str, blob: Blob, source: BlobSource, counter: LayerCounter,
+    chunk: int,
+) -> None:
+    """Chunked upload session: PATCHes with Content-Range, resumed from the registry's offset after a break.
+
+    A registry that kept part of the broken PATCH may refuse the session from then on (docker-registry
+    does: the offset signed into the upload URL no longer matches what it holds); the blob then starts
+    over in a new session.
+    """
     offset, stalled = 0, 0
     while offset < blob.size:
-        length = min(UPLOAD_CHUNK, blob.size - offset)
+        length = min(chunk, blob.size - offset)
         try:
             location = await client.upload_chunk(location, offset, length, _slice(source, blob.digest, offset, length, counter))
             offset += length
@@ -54,7 +61,12 @@ async def upload_blob(client: RegistryClient, location: str, blob: Blob, source:
             if stalled >= MAX_STALLED_ATTEMPTS:
                 raise client.unavailable(exc) from None
             await asyncio.sleep(backoff(stalled))
-            offset, location = await client.upload_offset(location)
+            try:
+                offset, location = await client.upload_offset(location)
+            except ServiceError as lost:
+                if lost.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                offset, location = 0, await client.start_upload(repository) or location  # None only for a mount
             counter.current = offset
     await client.finish_upload(location, blob.digest)
 
@@ -99,7 +111,7 @@ async def push(ctx: Context, name: str, insecure: bool, progress: TransferProgre
                         counter.current = blob.size
                         return
                 location = location or await client.start_upload(ref.repository)
-                await upload_blob(client, location, blob, ctx.store, counter)
+                await upload_blob(client, ref.repository, location, blob, ctx.store, counter, ctx.upload_chunk)
 
         # Establish auth (a token with push scope) before parallel uploads, once.
         await client.blob_exists(ref.repository, manifest.config.digest)

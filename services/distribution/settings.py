@@ -14,5 +14,8 @@ INSECURE_REGISTRIES = Setting(
     "insecure-registries", "", "comma-separated registries (host[:port]) reachable over plain HTTP; loopback always is"
 )
 PULL_CONCURRENCY = Setting("pull-concurrency", "4", "layers downloaded in parallel by one pull")
+UPLOAD_CHUNK_SIZE = Setting(
+    "upload-chunk-size", str(64 << 20), "bytes per PATCH of a blob upload: what a broken push may have to resend"
+)
 
-SETTINGS = (DEFAULT_REGISTRY, CA_BUNDLE, INSECURE_REGISTRIES, PULL_CONCURRENCY)
+SETTINGS = (DEFAULT_REGISTRY, CA_BUNDLE, INSECURE_REGISTRIES, PULL_CONCURRENCY, UPLOAD_CHUNK_SIZE)
