@@ -124,11 +124,6 @@ def _from_auths(registry: str, config: dict) -> Credentials | None:
     return None
 
 
-def from_docker_config(registry: str, path: Path) -> Credentials | None:
-    """The `auths` entry of `registry` in the Docker config at `path` (helpers are not run)."""
-    return _from_auths(registry, _read_config(path))
-
-
 def helper_for(registry: str, config: dict) -> tuple[str, str] | None:
     """(helper name, the config key naming it) for `registry`: `credHelpers[host]`, else `credsStore`."""
     name = _entry(config.get("credHelpers"), registry)

@@ -11,7 +11,7 @@ import pytest
 
 from modelrunner.common import media_types as mt
 from modelrunner.common.errors import ServiceError
-from modelrunner.distribution.credentials import Credentials, from_docker_config, from_env
+from modelrunner.distribution.credentials import Credentials, from_env, lookup
 from modelrunner.distribution.manifests import parse_model_manifest, pick_from_index
 from modelrunner.distribution.registry import RegistryOptions, is_loopback
 
@@ -28,16 +28,19 @@ def test_env_credentials_prefer_the_per_registry_pair() -> None:
     assert from_env("other.io", {}) is None
 
 
-def test_docker_config_auths(tmp_path: Path) -> None:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"auths": {
+def test_docker_config_auths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MODELRUNNER_REGISTRY_USERNAME", "MODELRUNNER_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {
         "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hubpass").decode()},
         "my.registry:5000": {"username": "u", "password": "p"},
     }}))
-    assert from_docker_config("docker.io", path) == Credentials("hubuser", "hubpass")
-    assert from_docker_config("my.registry:5000", path) == Credentials("u", "p")
-    assert from_docker_config("elsewhere.io", path) is None
-    assert from_docker_config("docker.io", tmp_path / "missing.json") is None
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert lookup("docker.io") == Credentials("hubuser", "hubpass")
+    assert lookup("my.registry:5000") == Credentials("u", "p")
+    assert lookup("elsewhere.io") is None
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "missing"))
+    assert lookup("docker.io") is None
 
 
 def test_credentials_never_print_the_password() -> None:
