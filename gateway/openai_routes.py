@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -56,9 +57,7 @@ async def _start(request: Request, stream: ServerStream, model: convert.ModelNam
 async def _collect(first, rest: AsyncIterator, stream: ServerStream) -> convert.Collected:
     collected = convert.Collected()
     try:
-        if first is not None:
-            collected.add(first)
-        async for chunk in rest:
+        async for chunk in _chain(first, rest):
             collected.add(chunk)
     finally:
         stream.cancel()
@@ -75,7 +74,22 @@ def _served(collected_model: str, model: convert.ModelName) -> str:
     return convert.familiar(collected_model) if collected_model else model.familiar
 
 
-async def _chat_events(stream, first, rest, model: convert.ModelName, body: ChatCompletionRequest):
+async def _streamed(events: AsyncIterator[bytes], stream: ServerStream, model: convert.ModelName) -> AsyncIterator[bytes]:
+    """An SSE answer: `events`, then [DONE]. An upstream error after the first event can no longer change
+    the HTTP status, so it ends the answer as an OpenAI error event; the gRPC stream is cancelled however
+    the answer ends (the client going away included)."""
+    try:
+        async with aclosing(events):
+            async for event in events:
+                yield event
+        yield SSE_DONE
+    except UpstreamError as error:
+        yield sse_event(from_upstream(error, model=model.familiar).body())
+    finally:
+        stream.cancel()
+
+
+async def _chat_events(first, rest, model: convert.ModelName, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     head = {"id": convert.new_id("chatcmpl"), "object": "chat.completion.chunk", "created": int(time.time()),
             "model": _served(first.model if first else "", model)}
@@ -85,55 +99,43 @@ async def _chat_events(stream, first, rest, model: convert.ModelName, body: Chat
         return sse_event({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
 
     final = runner_pb2.GenerateChunk()
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        pending = [first] if first is not None else []
-        async for item in _chain(pending, rest):
-            if item.text or item.logprobs:
-                lp = convert.chat_logprobs(item.logprobs) if body.logprobs else None
-                yield chunk({"content": item.text}, logprobs=lp)
-            if item.tool_calls:
-                yield chunk({"tool_calls": convert.tool_calls(item.tool_calls, indexed=True)})
-            if item.finish_reason:
-                final = item
-        yield chunk({}, finish_reason=final.finish_reason or "stop")
-        if include_usage:
-            yield sse_event({**head, "choices": [], "usage": convert.usage(final.usage)})
-        yield SSE_DONE
-    except UpstreamError as error:
-        yield sse_event(from_upstream(error, model=model.familiar).body())
-    finally:
-        stream.cancel()
+    yield chunk({"role": "assistant", "content": ""})
+    async for item in _chain(first, rest):
+        if item.text or item.logprobs:
+            lp = convert.chat_logprobs(item.logprobs) if body.logprobs else None
+            yield chunk({"content": item.text}, logprobs=lp)
+        if item.tool_calls:
+            yield chunk({"tool_calls": convert.tool_calls(item.tool_calls, indexed=True)})
+        if item.finish_reason:
+            final = item
+    yield chunk({}, finish_reason=final.finish_reason or "stop")
+    if include_usage:
+        yield sse_event({**head, "choices": [], "usage": convert.usage(final.usage)})
 
 
-async def _completion_events(stream, first, rest, model: convert.ModelName, body: CompletionRequest):
+async def _completion_events(first, rest, model: convert.ModelName, body: CompletionRequest) -> AsyncIterator[bytes]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     head = {"id": convert.new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
             "model": _served(first.model if first else "", model)}
     offset = 0
     final = runner_pb2.GenerateChunk()
-    try:
-        async for item in _chain([first] if first is not None else [], rest):
-            logprobs = None
-            if body.logprobs is not None:
-                logprobs = convert.completion_logprobs(item.logprobs, offset)
-            offset += len(item.text)
-            if item.finish_reason:
-                final = item
-            choice = {"index": 0, "text": item.text, "logprobs": logprobs, "finish_reason": item.finish_reason or None}
-            yield sse_event({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
-        if include_usage:
-            yield sse_event({**head, "choices": [], "usage": convert.usage(final.usage)})
-        yield SSE_DONE
-    except UpstreamError as error:
-        yield sse_event(from_upstream(error, model=model.familiar).body())
-    finally:
-        stream.cancel()
+    async for item in _chain(first, rest):
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = convert.completion_logprobs(item.logprobs, offset)
+        offset += len(item.text)
+        if item.finish_reason:
+            final = item
+        choice = {"index": 0, "text": item.text, "logprobs": logprobs, "finish_reason": item.finish_reason or None}
+        yield sse_event({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
+    if include_usage:
+        yield sse_event({**head, "choices": [], "usage": convert.usage(final.usage)})
 
 
-async def _chain(first: list, rest: AsyncIterator) -> AsyncIterator:
-    for item in first:
-        yield item
+async def _chain(first, rest: AsyncIterator) -> AsyncIterator:
+    """The peeked first item (None when the stream was empty), then the rest."""
+    if first is not None:
+        yield first
     async for item in rest:
         yield item
 
@@ -165,7 +167,7 @@ def build_router() -> APIRouter:
         model = convert.resolve_model(body.model)
         stream, first, rest = await _generate(request, convert.chat_request(body, model), model)
         if body.stream:
-            return sse_response(_chat_events(stream, first, rest, model, body))
+            return sse_response(_streamed(_chat_events(first, rest, model, body), stream, model))
         collected = await cancel_on_disconnect(request, _collect(first, rest, stream))
         return convert.chat_completion(collected, _served(collected.model, model), body.logprobs)
 
@@ -174,7 +176,7 @@ def build_router() -> APIRouter:
         model = convert.resolve_model(body.model)
         stream, first, rest = await _generate(request, convert.completion_request(body, model), model)
         if body.stream:
-            return sse_response(_completion_events(stream, first, rest, model, body))
+            return sse_response(_streamed(_completion_events(first, rest, model, body), stream, model))
         collected = await cancel_on_disconnect(request, _collect(first, rest, stream))
         return convert.text_completion(collected, _served(collected.model, model), body.logprobs is not None)
 
