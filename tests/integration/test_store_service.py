@@ -10,64 +10,31 @@ import mmap
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 
 from modelrunner.common import media_types
-from tests.conftest import free_port
+from tests.support.registry import ServiceProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1 << 20
 
 
-class StoreProcess:
+class StoreProcess(ServiceProcess):
     """`python -m modelrunner.store` on 127.0.0.1, with MODELRUNNER_MODELS_DIR set to `models_dir`."""
 
     def __init__(self, models_dir: Path) -> None:
+        super().__init__("modelrunner.store", {"MODELRUNNER_MODELS_DIR": str(models_dir)}, models_dir.parent)
         self.models_dir = models_dir
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.log = models_dir.parent / f"store-{self.port}.log"
-
-    def start(self) -> StoreProcess:
-        env = {**os.environ, "MODELRUNNER_MODELS_DIR": str(self.models_dir), "MODELRUNNER_LOG_FORMAT": "text"}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "modelrunner.store", "--listen", self.addr], env=env, cwd=ROOT, stderr=log
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"store exited with {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                with grpc.insecure_channel(self.addr) as ch:
-                    resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return self
-            except grpc.RpcError:
-                time.sleep(0.1)
-        raise TimeoutError(f"store did not serve within 20 s: {self.log.read_text()}")
 
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def channel(self) -> grpc.aio.Channel:
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
