@@ -6,6 +6,7 @@ tests can resolve names to files directly.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,15 +30,33 @@ class ModelResolver(Protocol):
 
 
 class StoreResolver:
-    """Resolves through the Store service's `ResolveModel`."""
+    """Resolves through the Store service's `ResolveModel`, per request, so that a deleted or re-tagged
+    model is never served stale. Requests for one name that arrive while its resolution is in flight
+    share that call: a burst of 8 costs the Store (and this event loop) one call, not 8. The answer a
+    request gets may come from a call started before it arrived, by one call's time at most (~2 ms)."""
 
     def __init__(self, store_addr: str, timeout: float = 10.0) -> None:
         self._addr = store_addr
         self._timeout = timeout
         self._channel = open_channel(store_addr)
         self._stub = store_pb2_grpc.StoreStub(self._channel)
+        self._in_flight: dict[str, asyncio.Task[ResolvedModel]] = {}
 
     async def resolve(self, name: str) -> ResolvedModel:
+        call = self._in_flight.get(name)
+        if call is None:
+            call = self._in_flight[name] = asyncio.ensure_future(self._resolve(name))
+            call.add_done_callback(lambda done: self._settled(name, done))
+        # One waiter going away (its client hung up) must not cancel the call the others wait for.
+        return await asyncio.shield(call)
+
+    def _settled(self, name: str, call: asyncio.Task[ResolvedModel]) -> None:
+        if self._in_flight.get(name) is call:
+            del self._in_flight[name]
+        if not call.cancelled():
+            call.exception()  # retrieved here too, so a failure nobody waits for any more is not logged
+
+    async def _resolve(self, name: str) -> ResolvedModel:
         try:
             resolved = await self._stub.ResolveModel(
                 store_pb2.ResolveModelRequest(name=name), timeout=self._timeout
