@@ -22,7 +22,7 @@ from modelrunner.runner.chat import ChatRenderer, TemplateError, choose_format
 from modelrunner.runner.metrics import RunnerMetrics
 from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
 from modelrunner.runner.resolver import ModelResolver, ResolvedModel
-from modelrunner.runner.scheduler import Scheduler
+from modelrunner.runner.scheduler import Arrivals, Scheduler
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -83,6 +83,7 @@ class ModelManager:
         self._loading: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._room = asyncio.Lock()  # one eviction-and-load decision at a time
+        self.arrivals = Arrivals()  # requests between the service and a scheduler, for every model
         self.metrics = metrics_factory(self._snapshot) if metrics_factory else None
 
     # queries ------------------------------------------------------------------------------------
@@ -166,7 +167,8 @@ class ModelManager:
                 resolved=resolved,
                 model=model,
                 scheduler=Scheduler(
-                    model, name=resolved.reference, max_queue=self.config.max_queue, metrics=self.metrics
+                    model, name=resolved.reference, max_queue=self.config.max_queue, metrics=self.metrics,
+                    arrivals=self.arrivals,
                 ),
                 renderer=renderer,
                 stop_tokens=stops,

@@ -1,16 +1,18 @@
 """The continuous-batching scheduler on the tiny GGUF: batching does not change greedy output,
-cancellation frees the slot, overload and over-long prompts fail clearly, usage is exact."""
+cancellation frees the slot, overload and over-long prompts fail clearly, usage is exact, a burst is
+prefilled together."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
 from modelrunner.runner.sampling import SamplingOptions
-from modelrunner.runner.scheduler import Job, QueueFull, Scheduler
+from modelrunner.runner.scheduler import GATHER_SECONDS, Arrivals, Job, QueueFull, Scheduler
 
 GREEDY = SamplingOptions(temperature=0)
 
@@ -103,5 +105,49 @@ async def test_long_prompt_is_prefilled_in_chunks_while_another_stream_runs(tiny
         text, last = await collect(sched.submit(Job(long_prompt, GREEDY, max_tokens=8, ignore_eos=True)))
         assert text == solo and last.prompt_tokens == len(long_prompt)
         await collect(short)
+    finally:
+        await asyncio.to_thread(sched.close)
+
+
+def record_step_sizes(model) -> list[int]:
+    """Wraps the model's decode: the list gets the number of tokens each step carried."""
+    sizes: list[int] = []
+    decode = model.decode
+
+    def recorded() -> int:
+        sizes.append(model._n)
+        return decode()
+
+    model.decode = recorded
+    return sizes
+
+
+async def test_a_burst_arriving_while_idle_is_prefilled_in_one_step(tiny_gguf):
+    model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=4, threads=1))
+    arrivals = Arrivals()
+    sched = Scheduler(model, name="tiny-burst", arrivals=arrivals)
+    steps = record_step_sizes(model)
+    try:
+        first, second = prompt_of(sched, "hello there"), prompt_of(sched, "abc")
+        with arrivals.arriving():  # the second request is on its way (resolving, tokenizing)
+            a = sched.submit(Job(first, GREEDY, max_tokens=4, ignore_eos=True))
+            await asyncio.sleep(0.005)
+        b = sched.submit(Job(second, GREEDY, max_tokens=4, ignore_eos=True))
+        await asyncio.gather(collect(a), collect(b))
+        assert steps[0] == len(first) + len(second)
+    finally:
+        await asyncio.to_thread(sched.close)
+
+
+async def test_a_request_waits_for_others_on_their_way_no_longer_than_the_gather_limit(tiny_gguf):
+    model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=4, threads=1))
+    arrivals = Arrivals()
+    sched = Scheduler(model, name="tiny-stuck", arrivals=arrivals)
+    try:
+        with arrivals.arriving():  # e.g. a request whose model is still loading: it never comes in time
+            started = time.perf_counter()
+            text, last = await collect(sched.submit(Job(prompt_of(sched, "hi"), GREEDY, max_tokens=2, ignore_eos=True)))
+            assert last.completion_tokens == 2
+            assert time.perf_counter() - started < GATHER_SECONDS + 1.0
     finally:
         await asyncio.to_thread(sched.close)
