@@ -30,10 +30,14 @@ MEMORY_BUDGET = Setting("runner-memory-budget", "0", "bytes all loaded models ma
 MAX_QUEUE = Setting("runner-max-queue", "64", "requests waiting per model before RESOURCE_EXHAUSTED")
 THREADS = Setting("runner-threads", "0", "CPU threads per decode (0: the cores this process may use)")
 BATCH_SIZE = Setting("runner-batch-size", "512", "tokens per decode step (prompt chunks + running sequences)")
+PROMPT_CACHE = Setting(
+    "runner-prompt-cache", "on",
+    "on: a finished request's tokens stay in its slot's KV cache, and a request starting with them skips their prefill",
+)
 
 SETTINGS = (
     config.LISTEN, config.STORE_ADDR, config.DATA_DIR, STATE_DIR, PARALLEL, CONTEXT_SIZE, KEEP_ALIVE,
-    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, *config.COMMON,
+    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PROMPT_CACHE, *config.COMMON,
 )
 
 
@@ -53,6 +57,8 @@ def manager_config(args) -> ManagerConfig:
             raise SystemExit(f"modelrunner runner: --{name} must be >= 0, not {value}")
         return number
 
+    if args.runner_prompt_cache not in ("on", "off"):
+        raise SystemExit(f"modelrunner runner: --runner-prompt-cache takes on or off, not {args.runner_prompt_cache!r}")
     try:
         parse_keep_alive(args.runner_keep_alive)
         budget = positive("runner-memory-budget", args.runner_memory_budget) or int(available_memory() * 0.9)
@@ -61,6 +67,7 @@ def manager_config(args) -> ManagerConfig:
             memory_budget=budget,
             keep_alive=args.runner_keep_alive,
             max_queue=positive("runner-max-queue", args.runner_max_queue),
+            prompt_cache=args.runner_prompt_cache == "on",
             defaults=LoadOptions(
                 context_size=positive("runner-context-size", args.runner_context_size),
                 parallel=max(1, positive("runner-parallel", args.runner_parallel)),

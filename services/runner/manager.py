@@ -35,6 +35,7 @@ class ManagerConfig:
     keep_alive: str = "5m"
     defaults: LoadOptions = field(default_factory=LoadOptions)
     max_queue: int = 64
+    prompt_cache: bool = True  # finished requests' tokens stay in their slots for later prompts
 
 
 @dataclass
@@ -168,7 +169,7 @@ class ModelManager:
                 model=model,
                 scheduler=Scheduler(
                     model, name=resolved.reference, max_queue=self.config.max_queue, metrics=self.metrics,
-                    arrivals=self.arrivals,
+                    arrivals=self.arrivals, keep_prompts=self.config.prompt_cache,
                 ),
                 renderer=renderer,
                 stop_tokens=stops,

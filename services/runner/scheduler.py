@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from modelrunner.runner.backends.base import LoadedModel
 from modelrunner.runner.metrics import RunnerMetrics
 from modelrunner.runner.sampling import Sampler, SamplingOptions
+from modelrunner.runner.slots import Slots
 from modelrunner.runner.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class Arrivals:
 class _Sequence:
     __slots__ = (
         "stream", "job", "slot", "fed", "n_past", "last", "logits_row", "sampler", "text", "grammar",
-        "generated", "submitted", "last_emit", "stop_tokens",
+        "generated", "submitted", "last_emit", "stop_tokens", "outputs",
     )
 
     def __init__(self, stream: Stream, job: Job, stop_tokens: frozenset[int], vocab_size: int) -> None:
@@ -158,6 +159,11 @@ class _Sequence:
         self.submitted = time.perf_counter()
         self.last_emit = 0.0
         self.stop_tokens = stop_tokens
+        self.outputs: list[int] = []  # generated tokens in the KV cache (the last sampled one is not)
+
+    def cached_tokens(self) -> list[int]:
+        """What the sequence's KV cells hold: n_past tokens."""
+        return self.job.prompt[: self.fed] + self.outputs
 
 
 class Scheduler:
@@ -171,6 +177,7 @@ class Scheduler:
         max_queue: int = 64,
         metrics: RunnerMetrics | None = None,
         arrivals: Arrivals | None = None,
+        keep_prompts: bool = True,
     ) -> None:
         self.model = model
         self.name = name
@@ -186,7 +193,7 @@ class Scheduler:
         self._in_flight = 0
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
-        self._free_slots = list(range(self.slots - 1, -1, -1))
+        self._slots = Slots(self.slots, keep_prompts)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"decode:{name}", daemon=True)
         self._thread.start()
@@ -299,20 +306,30 @@ class Scheduler:
                 self._finished(seq)
 
     def _admit(self) -> None:
-        while self._waiting and self._free_slots:
+        while self._waiting and self._slots:
             seq = self._waiting.popleft()
-            seq.slot = self._free_slots.pop()
+            self._assign_slot(seq)
             if seq.job.grammar:
                 try:
                     seq.grammar = self.model.grammar(seq.job.grammar)
                 except ValueError as exc:
-                    self._free_slots.append(seq.slot)
-                    self._finished(seq)
+                    self._release(seq, active=False)
                     self._deliver([(seq.stream, Chunk(error=f"invalid grammar: {exc}"))])
                     continue
             self._active.append(seq)
             if self._metrics is not None:
                 self._metrics.prompt_tokens.add(len(seq.job.prompt), {"model": self.name})
+
+    def _assign_slot(self, seq: _Sequence) -> None:
+        """A free slot for the sequence; the start of its prompt that the slot's KV cells already hold
+        counts as prefilled."""
+        assigned = self._slots.take(seq.job.prompt)
+        seq.slot = assigned.slot
+        reuse = assigned.reuse
+        if assigned.held and not (reuse and self.model.keep_prefix(seq.slot, reuse)):
+            self.model.clear_sequence(seq.slot)
+            reuse = 0
+        seq.fed = seq.n_past = reuse
 
     def _step(self) -> None:
         model = self.model
@@ -335,9 +352,13 @@ class Scheduler:
                 planned.append((seq, len(chunk)))
                 budget -= len(chunk)
         rc = model.decode()
-        if rc == 1:  # no room left in the unified KV cache: end the longest sequence and retry
-            victim = max(self._active, key=lambda s: s.n_past + (len(s.job.prompt) - s.fed))
-            self._finish(victim, "length")
+        if rc == 1:  # no room left in the unified KV cache: free a held slot, else end the longest sequence
+            held = self._slots.evict()
+            if held is not None:
+                model.clear_sequence(held)
+            else:
+                victim = max(self._active, key=lambda s: s.n_past + (len(s.job.prompt) - s.fed))
+                self._finish(victim, "length")
             return
         if rc != 0:
             raise GenerationError(f"llama_decode returned {rc}")
@@ -351,6 +372,7 @@ class Scheduler:
                     continue
             else:
                 seq.n_past += added
+                seq.outputs.append(seq.last)
             chunk = self._next_token(seq, now)
             if chunk is not None:
                 out.append((seq.stream, chunk))
@@ -405,11 +427,13 @@ class Scheduler:
     def _finish(self, seq: _Sequence, reason: str) -> None:
         self._deliver([(seq.stream, self._final(seq, reason, seq.text.flush()))])
 
-    def _release(self, seq: _Sequence) -> None:
-        """Takes a sequence out of the batch and frees its KV cells and slot."""
-        self._active.remove(seq)
-        self.model.clear_sequence(seq.slot)
-        self._free_slots.append(seq.slot)
+    def _release(self, seq: _Sequence, active: bool = True, keep: bool = True) -> None:
+        """Takes a sequence out of the batch and frees its slot; its KV cells stay for a later prompt
+        that starts with the same tokens, unless `keep` is False (or the slots keep none)."""
+        if active:
+            self._active.remove(seq)
+        if not self._slots.release(seq.slot, seq.cached_tokens() if keep else None):
+            self.model.clear_sequence(seq.slot)
         if seq.grammar is not None:
             seq.grammar.close()
             seq.grammar = None
@@ -422,7 +446,7 @@ class Scheduler:
     def _fail_all(self, message: str) -> None:
         out = []
         for seq in list(self._active):
-            self._release(seq)
+            self._release(seq, keep=False)  # after an engine failure the cells are not to be trusted
             out.append((seq.stream, Chunk(error=message)))
         while self._waiting:
             seq = self._waiting.popleft()

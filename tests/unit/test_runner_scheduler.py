@@ -151,3 +151,48 @@ async def test_a_request_waits_for_others_on_their_way_no_longer_than_the_gather
             assert time.perf_counter() - started < GATHER_SECONDS + 1.0
     finally:
         await asyncio.to_thread(sched.close)
+
+
+async def test_a_prompt_that_starts_with_a_finished_request_skips_its_prefill(tiny_gguf):
+    """The next turn of a chat resends the conversation, and a prompt may come again: only what the
+    slot does not hold is prefilled, and the greedy output is the one without the prompt cache."""
+
+    async def answers(keep_prompts: bool) -> tuple[list[str], list[int]]:
+        model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=2, threads=1))
+        sched = Scheduler(model, name="tiny-cache", keep_prompts=keep_prompts)
+        steps = record_step_sizes(model)
+        try:
+            first = prompt_of(sched, "hello there")
+            one, _ = await collect(sched.submit(Job(first, GREEDY, max_tokens=6, ignore_eos=True)))
+            turn = first + sched.model.tokenize(one + " and then", add_special=False, parse_special=False)
+            texts, prefills = [one], []
+            for prompt in (turn, first):
+                steps.clear()
+                text, last = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=6, ignore_eos=True)))
+                assert last.prompt_tokens == len(prompt)
+                texts.append(text)
+                prefills.append(steps[0])
+            return texts, prefills + [len(turn), len(first)]
+        finally:
+            await asyncio.to_thread(sched.close)
+
+    cached, (turn_step, again_step, turn_len, first_len) = await answers(True)
+    fresh, (fresh_turn_step, fresh_again_step, _, _) = await answers(False)
+    assert cached == fresh
+    assert (fresh_turn_step, fresh_again_step) == (turn_len, first_len)
+    assert turn_step <= turn_len - first_len  # at least the first prompt came from the cache
+    assert again_step == 1  # the same prompt again: only its last token, for its logits
+
+
+async def test_held_prompts_give_way_when_the_kv_cache_is_full(tiny_gguf):
+    """Held cells never cut a running request short: they are freed first."""
+    model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=256, parallel=4, threads=1))
+    sched = Scheduler(model, name="tiny-full")
+    try:
+        for letter in "abc":  # three slots holding 24 + 59 tokens each: 249 of the 256 cells
+            await collect(sched.submit(Job(prompt_of(sched, letter * 20), GREEDY, max_tokens=60, ignore_eos=True)))
+        assert len(sched._slots._held) == 3
+        _, last = await collect(sched.submit(Job(prompt_of(sched, "d" * 20), GREEDY, max_tokens=120, ignore_eos=True)))
+        assert (last.finish_reason, last.completion_tokens) == ("length", 120)
+    finally:
+        await asyncio.to_thread(sched.close)

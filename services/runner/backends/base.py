@@ -91,6 +91,12 @@ class LoadedModel(ABC):
         """Frees the KV cells of a sequence."""
 
     @abstractmethod
+    def keep_prefix(self, seq: int, n: int) -> bool:
+        """Frees the KV cells of a sequence from position `n` on, keeping its first `n` tokens for the
+        next request that starts with them. False when they cannot serve as a prefix (the cache of a
+        sliding-window model no longer holds the window before `n`); the sequence is then unchanged."""
+
+    @abstractmethod
     def grammar(self, gbnf: str) -> Grammar: ...
 
     @abstractmethod

@@ -175,6 +175,7 @@ class LlamaCppModel(LoadedModel):
         if not self._ctx:
             raise ValueError(f"llama.cpp could not create a context of {context} tokens")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._n_swa = llama_cpp.llama_model_n_swa(model)
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
         self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(self._batch_size,))
         self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(self._batch_size,))
@@ -304,6 +305,13 @@ class LlamaCppModel(LoadedModel):
 
     def clear_sequence(self, seq: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def keep_prefix(self, seq: int, n: int) -> bool:
+        # The next token, at position n, attends to the n_swa positions before it in sliding-window
+        # layers, whose cache drops older cells: those must still be there (llama-server's rule).
+        if self._n_swa and llama_cpp.llama_memory_seq_pos_min(self._mem, seq) > max(0, n - self._n_swa):
+            return False
+        return bool(llama_cpp.llama_memory_seq_rm(self._mem, seq, n, -1))
 
     def grammar(self, gbnf: str) -> LlamaCppGrammar:
         return LlamaCppGrammar(self._vocab, gbnf, self._n_vocab)

@@ -1,0 +1,58 @@
+"""Slot choice for the prompt cache: the longest held start of the prompt, else an empty slot, else
+the least recently used; the prompt's last token is always left to prefill."""
+
+from __future__ import annotations
+
+from modelrunner.runner.slots import Slots, common_prefix
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert common_prefix([1, 2, 9, 4], [1, 2, 3, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([5], [1]) == 0
+
+
+def test_a_prompt_goes_to_the_slot_holding_its_longest_start():
+    slots = Slots(3)
+    a, b, c = slots.take([1, 2, 3]), slots.take([7, 8]), slots.take([9])
+    assert slots.release(a.slot, [1, 2, 3, 4, 5])
+    assert slots.release(b.slot, [1, 2, 6])
+    assert slots.release(c.slot, [1])
+    got = slots.take([1, 2, 3, 4, 5, 6, 7])  # the next turn of a chat
+    assert (got.slot, got.reuse, got.held) == (a.slot, 5, True)
+
+
+def test_the_same_prompt_again_leaves_its_last_token_to_prefill():
+    slots = Slots(1)
+    slots.release(slots.take([1, 2, 3]).slot, [1, 2, 3, 40, 41])
+    assert slots.take([1, 2, 3]).reuse == 2
+
+
+def test_an_empty_slot_is_preferred_to_a_short_match_and_the_oldest_held_slot_goes_last():
+    slots = Slots(3)
+    first, second, third = slots.take([1]), slots.take([2]), slots.take([3])
+    slots.release(first.slot, [1, 2, 3, 4])
+    slots.release(second.slot, [5, 6])
+    slots.release(third.slot, None)  # nothing kept: the slot is empty
+    got = slots.take([1, 9, 9, 9, 9])  # shares 1 of 5 tokens with the first: not worth its cache
+    assert (got.slot, got.reuse, got.held) == (third.slot, 0, False)
+    got = slots.take([8, 8])  # no empty slot left: the least recently released held one
+    assert (got.slot, got.reuse, got.held) == (first.slot, 0, True)
+
+
+def test_eviction_takes_the_least_recently_used_held_slot():
+    slots = Slots(2)
+    a, b = slots.take([1]), slots.take([2])
+    slots.release(b.slot, [2, 3])
+    slots.release(a.slot, [1, 3])
+    assert slots.evict() == b.slot
+    assert slots.evict() == a.slot
+    assert slots.evict() is None
+    assert len(slots) == 2
+
+
+def test_nothing_is_held_when_the_cache_is_off():
+    slots = Slots(1, keep_prompts=False)
+    assert not slots.release(slots.take([1, 2]).slot, [1, 2, 3])
+    assert slots.take([1, 2]).reuse == 0
