@@ -60,6 +60,7 @@ class Chunk:
     logprobs: list = field(default_factory=list)  # sampling.Sampled, one per token with logprobs on
     finish_reason: str = ""  # "stop" | "length" on the last chunk
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, those the slot's KV cells already held
     completion_tokens: int = 0
     error: str = ""
 
@@ -68,6 +69,7 @@ class Chunk:
         self.logprobs.extend(later.logprobs)
         self.finish_reason = later.finish_reason
         self.prompt_tokens = later.prompt_tokens
+        self.cached_tokens = later.cached_tokens
         self.completion_tokens = later.completion_tokens
         self.error = later.error
 
@@ -141,7 +143,7 @@ class Arrivals:
 class _Sequence:
     __slots__ = (
         "stream", "job", "slot", "fed", "n_past", "last", "logits_row", "sampler", "text", "grammar",
-        "generated", "submitted", "last_emit", "stop_tokens", "outputs",
+        "generated", "submitted", "last_emit", "stop_tokens", "outputs", "cached",
     )
 
     def __init__(self, stream: Stream, job: Job, stop_tokens: frozenset[int], vocab_size: int) -> None:
@@ -160,6 +162,7 @@ class _Sequence:
         self.last_emit = 0.0
         self.stop_tokens = stop_tokens
         self.outputs: list[int] = []  # generated tokens in the KV cache (the last sampled one is not)
+        self.cached = 0  # prompt tokens the slot's KV cells held at admission
 
     def cached_tokens(self) -> list[int]:
         """What the sequence's KV cells hold: n_past tokens."""
@@ -329,7 +332,7 @@ class Scheduler:
         if assigned.held and not (reuse and self.model.keep_prefix(seq.slot, reuse)):
             self.model.clear_sequence(seq.slot)
             reuse = 0
-        seq.fed = seq.n_past = reuse
+        seq.fed = seq.n_past = seq.cached = reuse
 
     def _step(self) -> None:
         model = self.model
@@ -421,6 +424,7 @@ class Scheduler:
             logprobs=logprobs or [],
             finish_reason=reason,
             prompt_tokens=len(seq.job.prompt),
+            cached_tokens=seq.cached,
             completion_tokens=seq.generated,
         )
 

@@ -130,6 +130,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                     if chunk.finish_reason:
                         msg.usage.prompt_tokens = chunk.prompt_tokens
                         msg.usage.completion_tokens = chunk.completion_tokens
+                        msg.usage.cached_prompt_tokens = chunk.cached_tokens
                         if held is not None:
                             self._finish_with_tool_calls(msg, "".join(held))
                     if msg.text or msg.finish_reason or msg.model or msg.logprobs:

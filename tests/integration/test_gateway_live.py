@@ -122,6 +122,16 @@ def test_openai_sync_chat(client):
     assert reply.model == "ai/tiny:latest"
 
 
+def test_the_next_turn_of_a_chat_reuses_the_cached_conversation(client):
+    first = client.chat.completions.create(model="ai/tiny", messages=CHAT["messages"], max_tokens=8, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+    turn = [*CHAT["messages"], {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "and then?"}]
+    second = client.chat.completions.create(model="ai/tiny", messages=turn, max_tokens=8, temperature=0)
+    # the first request's prompt is at least in the slot it left; only the new turn is prefilled
+    assert first.usage.prompt_tokens <= second.usage.prompt_tokens_details.cached_tokens < second.usage.prompt_tokens
+
+
 def test_openai_sync_chat_streaming(client):
     stream = client.chat.completions.create(model="ai/tiny", messages=CHAT["messages"], max_tokens=8, temperature=0,
                                             stream=True, stream_options={"include_usage": True})

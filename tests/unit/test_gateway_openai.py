@@ -64,7 +64,8 @@ async def test_chat_non_streaming_with_usage_and_translation(gw):
     assert data["object"] == "chat.completion" and data["model"] == "ai/tiny:latest"
     assert data["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
     assert data["choices"][0]["finish_reason"] == "stop"
-    assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     sent = fakes.runner.requests[-1]
     assert sent.model == "docker.io/ai/tiny:latest"
     assert [m.content for m in sent.chat.messages] == ["be brief", "a\nb"]
