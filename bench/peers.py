@@ -164,7 +164,7 @@ def _llama_server_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def modelrunner_stack(model: Path, context: int, slots: int, logs: Path) -> Iterator[Endpoint]:
+def modelrunner_stack(model: Path, context: int, slots: int, logs: Path, prompt_cache: bool = True) -> Iterator[Endpoint]:
     """Our whole stack through its launcher (`modelrunner up --foreground`) in a temporary data dir
     on free ports, the Runner set to `slots` slots and `context` tokens by its environment; the model
     is packaged from the cached GGUF (the launcher's default import would assemble it again)."""
@@ -178,7 +178,8 @@ def modelrunner_stack(model: Path, context: int, slots: int, logs: Path) -> Iter
         layout = StackLayout(Path(data_dir))
         port = free_port()
         env = {**os.environ, "MODELRUNNER_RUNNER_PARALLEL": str(slots),
-               "MODELRUNNER_RUNNER_CONTEXT_SIZE": str(context), "MODELRUNNER_RUNNER_KEEP_ALIVE": "-1"}
+               "MODELRUNNER_RUNNER_CONTEXT_SIZE": str(context), "MODELRUNNER_RUNNER_KEEP_ALIVE": "-1",
+               "MODELRUNNER_RUNNER_PROMPT_CACHE": "on" if prompt_cache else "off"}
         command = [sys.executable, "-m", "modelrunner.cli.main", "up", "--foreground", "--data-dir", data_dir,
                    "--port", str(port), "--grpc-base-port", "0", "--no-default-model", "--log-level", "warning"]
         log = logs / "modelrunner_stack.log"

@@ -6,6 +6,9 @@ end of sequence ignored, so every request yields exactly `--tokens` tokens; each
 (the machine has 2 cores). Systems:
 
   stack             our stack via its launcher, through the gateway, Runner with --slots slots (8)
+  stack-no-cache    the same with the Runner's prompt cache off (the grid repeats its 8 prompts, which
+                    the cache serves from the slots' KV cells; llama-server's own cache does not reuse
+                    them for Gemma 3, a sliding-window model)
   inprocess    (a)  llama_cpp.Llama (high-level API, stream=True), one request after another
   llama-cpp-server (b)  `python -m llama_cpp.server`, interrupt_requests off
   limit        (c)  batched greedy decoding of N sequences over the low-level API, no server
@@ -42,9 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (a sibling module: bench/ is not a package)
 from batch_limit import PROMPTS, BareLoop, chat  # noqa: E402
 
-SYSTEMS = ("stack", "inprocess", "llama-cpp-server", "limit", "llama-server")
+SYSTEMS = ("stack", "stack-no-cache", "inprocess", "llama-cpp-server", "limit", "llama-server")
 LABELS = {"inprocess": "(a) in-process llama-cpp-python", "llama-cpp-server": "(b) llama_cpp.server",
-          "limit": "(c) low-level batched loop", "llama-server": "(d) llama-server", "stack": "modelrunner stack"}
+          "limit": "(c) low-level batched loop", "llama-server": "(d) llama-server", "stack": "modelrunner stack",
+          "stack-no-cache": "modelrunner stack, prompt cache off"}
+OURS = ("stack", "stack-no-cache")
 DEFAULT_SLOTS = 8
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_bench.md"
 
@@ -246,8 +251,8 @@ def run_round(name: str, model: Path, prompts: list[str], logs: Path, args, run:
     if name == "limit":
         run.add(name, limit_round(model, args.concurrency, args.tokens))
         return
-    if name == "stack":
-        server = peers.modelrunner_stack(model, args.context, args.slots, logs)
+    if name in OURS:
+        server = peers.modelrunner_stack(model, args.context, args.slots, logs, prompt_cache=name == "stack")
     elif name == "llama-cpp-server":
         server = peers.llama_cpp_server(model, args.context, logs)
     else:
@@ -288,19 +293,20 @@ def report(run: Run, args) -> str:
             rss = run.rss.get(name)
             lines.append(f"| {LABELS[name]} | {n} | {cell.tokens_per_s:.1f} | {ms(cell.ttft_p50)} | {ms(cell.ttft_p95)} "
                          f"| {ms(cell.itl_p50)} | {'—' if rss is None else f'{rss / 2**20:.0f}'} |")
-    stack = medians["stack"]
-    if stack:
-        lines += ["", "Targets (stack / peer):", "",
+    a, c, d = (medians[k] for k in ("inprocess", "limit", "llama-server"))
+    for name in OURS:
+        if not medians[name]:
+            continue
+        lines += ["", f"Targets ({LABELS[name]} / peer):", "",
                   "| N | tok/s vs (a) >= 0.95 | tok/s vs (c) >= 0.9 | tok/s vs (d) >= 1.0 | TTFT p50 vs (d) <= 1.0 |",
                   "|---|---|---|---|---|"]
-        a, c, d = (medians[k] for k in ("inprocess", "limit", "llama-server"))
-        for n, cell in sorted(stack.items()):
+        for n, cell in sorted(medians[name].items()):
             lines.append(
                 f"| {n} | {ratio(cell.tokens_per_s, a[1].tokens_per_s) if n == 1 and 1 in a else '—'} "
                 f"| {ratio(cell.tokens_per_s, c[n].tokens_per_s) if n in c else '—'} "
                 f"| {ratio(cell.tokens_per_s, d[n].tokens_per_s) if n in d else '—'} "
                 f"| {ratio(cell.ttft_p50, d[n].ttft_p50) if n in d else '—'} |")
-        lines += ["", f"Runner peak RSS vs llama-server's (<= 1.2): {ratio(run.rss.get('stack'), run.rss.get('llama-server'))}"]
+        lines += ["", f"Runner peak RSS vs llama-server's (<= 1.2): {ratio(run.rss.get(name), run.rss.get('llama-server'))}"]
     if run.notes:
         lines += [""] + [f"- {note}" for note in run.notes]
     return "\n".join(lines) + "\n"
