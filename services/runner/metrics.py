@@ -40,6 +40,10 @@ class RunnerMetrics:
         self.prompt_tokens = meter.create_counter(
             "modelrunner_prompt_tokens", unit="1", description="Prompt tokens processed"
         )
+        self.cached_prompt_tokens = meter.create_counter(
+            "modelrunner_cached_prompt_tokens", unit="1",
+            description="Prompt tokens found in a slot's KV cache, so not prefilled again",
+        )
         meter.create_observable_gauge(
             "modelrunner_queue_depth", [self._queued], unit="1", description="Requests waiting for a slot"
         )

@@ -322,6 +322,7 @@ class Scheduler:
             self._active.append(seq)
             if self._metrics is not None:
                 self._metrics.prompt_tokens.add(len(seq.job.prompt), {"model": self.name})
+                self._metrics.cached_prompt_tokens.add(seq.cached, {"model": self.name})
 
     def _assign_slot(self, seq: _Sequence) -> None:
         """A free slot for the sequence; the start of its prompt that the slot's KV cells already hold

@@ -30,6 +30,7 @@ def test_dashboard_covers_the_serving_signals() -> None:
         "modelrunner_time_to_first_token_seconds",
         "modelrunner_inter_token_latency_seconds",
         "modelrunner_output_tokens_total",
+        "modelrunner_cached_prompt_tokens_total",
         "modelrunner_queue_depth",
         "modelrunner_active_sequences",
         "modelrunner_loaded_models",
