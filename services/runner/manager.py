@@ -84,7 +84,7 @@ class ModelManager:
         self._loading: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._room = asyncio.Lock()  # one eviction-and-load decision at a time
-        self.arrivals = Arrivals()  # requests between the service and a scheduler, for every model
+        self.arrivals = Arrivals()  # requests resolving their model's name, for every model
         self.metrics = metrics_factory(self._snapshot) if metrics_factory else None
 
     # queries ------------------------------------------------------------------------------------
@@ -120,7 +120,8 @@ class ModelManager:
 
     async def _get(self, name: str) -> Loaded:
         # Loaded models are keyed by model id, so two tags of one model share one copy in memory.
-        resolved = await self.resolver.resolve(name)
+        with self.arrivals.arriving():  # an idle scheduler waits for a burst's requests still resolving
+            resolved = await self.resolver.resolve(name)
         key = resolved.model_id
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:

@@ -38,7 +38,7 @@ class RunnerMetrics:
             "modelrunner_output_tokens", unit="1", description="Tokens generated"
         )
         self.prompt_tokens = meter.create_counter(
-            "modelrunner_prompt_tokens", unit="1", description="Prompt tokens processed"
+            "modelrunner_prompt_tokens", unit="1", description="Prompt tokens of the requests admitted (cached ones included)"
         )
         self.cached_prompt_tokens = meter.create_counter(
             "modelrunner_cached_prompt_tokens", unit="1",

@@ -33,7 +33,8 @@ class StoreResolver:
     """Resolves through the Store service's `ResolveModel`, per request, so that a deleted or re-tagged
     model is never served stale. Requests for one name that arrive while its resolution is in flight
     share that call: a burst of 8 costs the Store (and this event loop) one call, not 8. The answer a
-    request gets may come from a call started before it arrived, by one call's time at most (~2 ms)."""
+    request gets may come from a call started before it arrived, by at most that call's duration
+    (about 2 ms; the timeout bounds it)."""
 
     def __init__(self, store_addr: str, timeout: float = 10.0) -> None:
         self._addr = store_addr

@@ -2,8 +2,9 @@
 
 Every step carries the next token of each running sequence plus prompt chunks of the sequences still
 prefilling, up to the batch size, so a long prompt is spread over several steps instead of stalling
-the streams already running. New requests join between steps; a cancelled one leaves the batch and its
-KV cells are freed at the start of the next step. The asyncio side talks to the thread through a
+the streams already running. New requests join between steps; a cancelled one leaves the batch at the
+start of the next step. A finished or cancelled request's KV cells stay in its slot for later prompts
+that start with the same tokens (slots.py). The asyncio side talks to the thread through a
 thread-safe command queue, and gets each step's output in ONE `call_soon_threadsafe` per event loop.
 """
 
@@ -113,9 +114,9 @@ class Stream:
 
 
 class Arrivals:
-    """Counts requests on their way to a scheduler: accepted by the service and not yet submitted (the
-    model name resolving, the model loading, the prompt being tokenized). An idle scheduler lets the
-    first request of a burst wait for the rest, so that the burst is prefilled in one step."""
+    """Counts requests on their way to a scheduler: their model name is being resolved, the one wait
+    between a request's arrival and its submission when the model is loaded. An idle scheduler lets
+    the first request of a burst wait for the rest, so that the burst is prefilled in one step."""
 
     def __init__(self) -> None:
         self.count = 0  # changed on the event loop, read by decode threads (an int read is atomic)
@@ -189,14 +190,15 @@ class Scheduler:
         self.context_size = model.facts.context_size
         self._metrics = metrics
         self._arrivals = arrivals
-        if arrivals is not None:
-            arrivals.listen(self._wake)
+        self._gathering = False
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._in_flight = 0
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
-        self._slots = Slots(self.slots, keep_prompts)
+        self._slot_pool = Slots(self.slots, keep_prompts)
+        if arrivals is not None:
+            arrivals.listen(self._wake_gathering)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"decode:{name}", daemon=True)
         self._thread.start()
@@ -239,13 +241,17 @@ class Scheduler:
         """Stops the thread (requests still running end with an error) and frees the model."""
         self._closing = True
         if self._arrivals is not None:
-            self._arrivals.ignore(self._wake)
+            self._arrivals.ignore(self._wake_gathering)
         self._wake()
         self._thread.join()
         self.model.close()
 
     def _wake(self) -> None:
         self._commands.put(None)
+
+    def _wake_gathering(self) -> None:
+        if self._gathering:
+            self._wake()
 
     # decode thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -280,25 +286,30 @@ class Scheduler:
     def _gather(self) -> None:
         """Holds the first request after idle while more are on their way (at most GATHER_SECONDS).
 
-        A burst reaches the scheduler spread over some milliseconds (HTTP, gRPC, name resolution,
-        tokenizing). Prefilling the first prompt alone would make all the others wait for that step
-        and then pay a step of their own: at 8 requests, the median time to first token was 365 ms
-        where one step for all took 330 (bench/RESULTS.md). Once no request is on its way, the burst
-        may still have requests that the service has not picked up yet: it is complete when none
-        arrives for GATHER_QUIET_SECONDS. A lone request (nothing on its way) starts at once."""
+        A burst reaches the scheduler spread over some milliseconds (HTTP, gRPC, name resolution):
+        traced at 8 requests, the first prompt was prefilled alone from 10 ms on while the other 7
+        arrived until 27 ms and waited for that step. Gathered, the 8 start together at 13 ms. Once
+        no request is on its way, the burst may still have some that the service has not picked up
+        yet: it is complete when none arrives for GATHER_QUIET_SECONDS. A lone request (nothing on
+        its way) starts at once."""
         if self._arrivals is None or not self._arrivals.count:
             return
         deadline = time.perf_counter() + GATHER_SECONDS
-        while len(self._waiting) < self.slots and not self._closing:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return
-            try:
-                item = self._commands.get(timeout=left if self._arrivals.count else min(left, GATHER_QUIET_SECONDS))
-            except queue.Empty:
-                return
-            if item is not None:
-                self._waiting.append(item)
+        self._gathering = True
+        try:
+            while len(self._waiting) < self.slots and not self._closing:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return
+                wait = left if self._arrivals.count else min(left, GATHER_QUIET_SECONDS)
+                try:
+                    item = self._commands.get(timeout=wait)
+                except queue.Empty:
+                    return
+                if item is not None:
+                    self._waiting.append(item)
+        finally:
+            self._gathering = False
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.stream.cancelled]:
@@ -309,30 +320,35 @@ class Scheduler:
                 self._finished(seq)
 
     def _admit(self) -> None:
-        while self._waiting and self._slots:
+        while self._waiting and self._slot_pool:
             seq = self._waiting.popleft()
-            self._assign_slot(seq)
             if seq.job.grammar:
                 try:
                     seq.grammar = self.model.grammar(seq.job.grammar)
                 except ValueError as exc:
-                    self._release(seq, active=False)
+                    self._finished(seq)
                     self._deliver([(seq.stream, Chunk(error=f"invalid grammar: {exc}"))])
                     continue
+            self._assign_slot(seq)
             self._active.append(seq)
             if self._metrics is not None:
                 self._metrics.prompt_tokens.add(len(seq.job.prompt), {"model": self.name})
                 self._metrics.cached_prompt_tokens.add(seq.cached, {"model": self.name})
 
     def _assign_slot(self, seq: _Sequence) -> None:
-        """A free slot for the sequence; the start of its prompt that the slot's KV cells already hold
-        counts as prefilled."""
-        assigned = self._slots.take(seq.job.prompt)
-        seq.slot = assigned.slot
-        reuse = assigned.reuse
-        if assigned.held and not (reuse and self.model.keep_prefix(seq.slot, reuse)):
-            self.model.clear_sequence(seq.slot)
-            reuse = 0
+        """A free slot for the sequence; the start of its prompt found in a free slot's KV cells counts
+        as prefilled."""
+        assigned = self._slot_pool.take(seq.job.prompt)
+        seq.slot, reuse = assigned.slot, assigned.reuse
+        if assigned.source == seq.slot:
+            if not self.model.keep_prefix(seq.slot, reuse):
+                self.model.clear_sequence(seq.slot)
+                reuse = 0
+        else:
+            if assigned.held:
+                self.model.clear_sequence(seq.slot)
+            if assigned.source is not None and not self.model.share_prefix(assigned.source, seq.slot, reuse):
+                reuse = 0
         seq.fed = seq.n_past = seq.cached = reuse
 
     def _step(self) -> None:
@@ -357,12 +373,12 @@ class Scheduler:
                 budget -= len(chunk)
         rc = model.decode()
         if rc == 1:  # no room left in the unified KV cache: free a held slot, else end the longest sequence
-            held = self._slots.evict()
+            held = self._slot_pool.evict()
             if held is not None:
                 model.clear_sequence(held)
             else:
                 victim = max(self._active, key=lambda s: s.n_past + (len(s.job.prompt) - s.fed))
-                self._finish(victim, "length")
+                self._deliver([(victim.stream, self._final(victim, "length", victim.text.flush(), keep=False))])
             return
         if rc != 0:
             raise GenerationError(f"llama_decode returned {rc}")
@@ -418,8 +434,10 @@ class Scheduler:
         self._metrics.output_tokens.add(1, {"model": self.name})
         seq.last_emit = now
 
-    def _final(self, seq: _Sequence, reason: str, text: str, logprobs: list | None = None) -> Chunk:
-        self._release(seq)
+    def _final(
+        self, seq: _Sequence, reason: str, text: str, logprobs: list | None = None, keep: bool = True
+    ) -> Chunk:
+        self._release(seq, keep)
         return Chunk(
             text=text,
             logprobs=logprobs or [],
@@ -429,15 +447,11 @@ class Scheduler:
             completion_tokens=seq.generated,
         )
 
-    def _finish(self, seq: _Sequence, reason: str) -> None:
-        self._deliver([(seq.stream, self._final(seq, reason, seq.text.flush()))])
-
-    def _release(self, seq: _Sequence, active: bool = True, keep: bool = True) -> None:
+    def _release(self, seq: _Sequence, keep: bool = True) -> None:
         """Takes a sequence out of the batch and frees its slot; its KV cells stay for a later prompt
         that starts with the same tokens, unless `keep` is False (or the slots keep none)."""
-        if active:
-            self._active.remove(seq)
-        if not self._slots.release(seq.slot, seq.cached_tokens() if keep else None):
+        self._active.remove(seq)
+        if not self._slot_pool.release(seq.slot, seq.cached_tokens() if keep else None):
             self.model.clear_sequence(seq.slot)
         if seq.grammar is not None:
             seq.grammar.close()
@@ -451,7 +465,7 @@ class Scheduler:
     def _fail_all(self, message: str) -> None:
         out = []
         for seq in list(self._active):
-            self._release(seq, keep=False)  # after an engine failure the cells are not to be trusted
+            self._release(seq)
             out.append((seq.stream, Chunk(error=message)))
         while self._waiting:
             seq = self._waiting.popleft()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -100,10 +99,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             raise invalid("either chat or prompt is required")
         if request.sampling.max_tokens < 0:
             raise invalid(f"max_tokens must be >= 0, not {request.sampling.max_tokens}")
-        async with contextlib.AsyncExitStack() as lease:
-            with self.manager.arrivals.arriving():
-                entry = await lease.enter_async_context(self.manager.acquire(request.model, request.keep_alive))
-                job = self._job(request, entry)
+        async with self.manager.acquire(request.model, request.keep_alive) as entry:
+            job = self._job(request, entry)
             try:
                 stream = entry.scheduler.submit(job)
             except QueueFull as exc:

@@ -1,10 +1,10 @@
 """The free slots of one loaded model, and the tokens their KV cells still hold.
 
 A finished request leaves its tokens (prompt and output) in its slot's cells instead of clearing them.
-The next request goes to the free slot that holds the longest start of its prompt, so the next turn
-of a chat (which resends the whole conversation), a shared system prompt or a prompt sent again skips
-prefilling what is already there, as in llama-server's and Ollama's prompt caches. Held cells take
-room in the model's KV cache: when a step finds no room, the least recently used one goes first.
+A new request reuses the longest start of its prompt that a free slot holds, so the next turn of a
+chat (which resends the whole conversation), a shared system prompt or a prompt sent again skips
+prefilling what is already there, as llama-server's and Ollama's prompt caches do. Held cells take
+room in the model's KV cache: when a step finds no room, the least recently used go first.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Assignment:
+    """Where a prompt goes: `slot`, whose first `reuse` prompt tokens come from `source`'s cells
+    (`slot` itself, or another free slot whose cells the two sequences then share)."""
+
     slot: int
-    reuse: int  # first tokens of the prompt the slot's cells already hold
-    held: bool  # the slot's cells hold tokens: beyond `reuse`, they must go
+    reuse: int
+    source: int | None  # None: nothing reused
+    held: bool  # `slot`'s cells hold tokens: beyond what is reused from them, they must go
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -42,27 +46,26 @@ class Slots:
         return len(self._free)
 
     def take(self, prompt: Sequence[int]) -> Assignment:
-        """The free slot for `prompt`: the one holding the longest start of it, when that start is at
-        least half of the prompt or of what the slot holds (a short match is not worth a long cache),
-        else an empty slot, else the least recently used. The prompt's last token is always left to
-        prefill: its logits give the first output token."""
+        """The slot for `prompt` and what it reuses. The free slot holding the longest start of the
+        prompt is taken when that start is at least half of what it holds (little is lost); otherwise
+        the prompt goes to an empty slot (else the least recently used) and shares that start's cells,
+        so a long conversation is not cut down for a short match such as a system prompt. The prompt's
+        last token is always left to prefill: its logits give the first output token."""
         limit = len(prompt) - 1
-        best, best_reuse, worth = None, 0, False
+        source, reuse = None, 0
         for slot in self._free:
             held = self._held.get(slot)
             if held:
-                reuse = common_prefix(held, prompt[:limit])
-                if reuse > best_reuse:
-                    best, best_reuse, worth = slot, reuse, 2 * reuse >= min(len(prompt), len(held))
-        if not worth:
-            empty = next((s for s in self._free if s not in self._held), None)
-            if empty is not None:
-                best, best_reuse = empty, 0
-            elif best is None:
-                best = self._free[0]
-        self._free.remove(best)
-        held = self._held.pop(best, None) is not None
-        return Assignment(best, best_reuse, held)
+                n = common_prefix(held, prompt[:limit])
+                if n > reuse:
+                    source, reuse = slot, n
+        if source is not None and 2 * reuse >= len(self._held[source]):
+            slot = source
+        else:
+            slot = next((s for s in self._free if s not in self._held), self._free[0])
+        self._free.remove(slot)
+        held = self._held.pop(slot, None) is not None
+        return Assignment(slot, reuse, source, held)
 
     def release(self, slot: int, tokens: list[int] | None) -> bool:
         """Frees `slot`, whose cells hold `tokens` (None: nothing worth keeping). True when they are

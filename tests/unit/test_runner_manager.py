@@ -33,6 +33,34 @@ async def test_keep_alive_expires_idle_models_and_zero_unloads_at_once(files, tm
     await manager.close()
 
 
+class GatedResolver(FileResolver):
+    """Resolves once `open` is set, to watch a request while its name is resolving."""
+
+    def __init__(self, files) -> None:
+        super().__init__(files)
+        self.open = asyncio.Event()
+
+    async def resolve(self, name: str) -> ResolvedModel:
+        await self.open.wait()
+        return await super().resolve(name)
+
+
+async def test_requests_count_as_arriving_only_while_their_name_resolves(files, tmp_path):
+    manager = ModelManager(
+        LlamaCppBackend(), GatedResolver(files), SettingsStore(tmp_path / "state"), ManagerConfig(defaults=DEFAULTS),
+        clock=FakeClock(),
+    )
+    good, missing = asyncio.create_task(manager.load("a")), asyncio.create_task(manager.load("nope"))
+    await asyncio.sleep(0.01)
+    assert manager.arrivals.count == 2
+    manager.resolver.open.set()
+    await good  # the load itself (seconds for a real model) is not counted
+    with pytest.raises(ServiceError):
+        await missing
+    assert manager.arrivals.count == 0
+    await manager.close()
+
+
 class TwoTagResolver(FileResolver):
     """Every name resolves to one model id, as two tags of one model do in the Store."""
 

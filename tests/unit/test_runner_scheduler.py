@@ -20,7 +20,7 @@ GREEDY = SamplingOptions(temperature=0)
 @pytest.fixture
 async def scheduler(tiny_gguf):
     model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=4, threads=1))
-    sched = Scheduler(model, name="tiny", max_queue=2)
+    sched = Scheduler(model, name="tiny", max_queue=2, keep_prompts=False)  # batching alone
     yield sched
     await asyncio.to_thread(sched.close)
 
@@ -96,7 +96,7 @@ async def test_long_prompt_is_prefilled_in_chunks_while_another_stream_runs(tiny
     model = LlamaCppBackend().load(
         [str(tiny_gguf)], LoadOptions(context_size=512, parallel=2, threads=1, batch_size=32)
     )
-    sched = Scheduler(model, name="tiny-chunks")
+    sched = Scheduler(model, name="tiny-chunks", keep_prompts=False)  # the second long prompt is prefilled again
     try:
         long_prompt = sched.model.tokenize("x" * 300, add_special=True, parse_special=False)
         solo, _ = await collect(sched.submit(Job(long_prompt, GREEDY, max_tokens=8, ignore_eos=True)))
@@ -144,11 +144,13 @@ async def test_a_request_waits_for_others_on_their_way_no_longer_than_the_gather
     arrivals = Arrivals()
     sched = Scheduler(model, name="tiny-stuck", arrivals=arrivals)
     try:
-        with arrivals.arriving():  # e.g. a request whose model is still loading: it never comes in time
+        with arrivals.arriving():  # e.g. a request whose name the Store is slow to resolve
             started = time.perf_counter()
-            text, last = await collect(sched.submit(Job(prompt_of(sched, "hi"), GREEDY, max_tokens=2, ignore_eos=True)))
-            assert last.completion_tokens == 2
-            assert time.perf_counter() - started < GATHER_SECONDS + 1.0
+            stream = sched.submit(Job(prompt_of(sched, "hi"), GREEDY, max_tokens=2, ignore_eos=True))
+            await stream.__anext__()
+            waited = time.perf_counter() - started
+            await collect(stream)
+        assert GATHER_SECONDS <= waited < GATHER_SECONDS + 0.5
     finally:
         await asyncio.to_thread(sched.close)
 
@@ -191,8 +193,52 @@ async def test_held_prompts_give_way_when_the_kv_cache_is_full(tiny_gguf):
     try:
         for letter in "abc":  # three slots holding 24 + 59 tokens each: 249 of the 256 cells
             await collect(sched.submit(Job(prompt_of(sched, letter * 20), GREEDY, max_tokens=60, ignore_eos=True)))
-        assert len(sched._slots._held) == 3
+        assert len(sched._slot_pool._held) == 3
         _, last = await collect(sched.submit(Job(prompt_of(sched, "d" * 20), GREEDY, max_tokens=120, ignore_eos=True)))
         assert (last.finish_reason, last.completion_tokens) == ("length", 120)
+    finally:
+        await asyncio.to_thread(sched.close)
+
+
+async def test_a_shared_start_is_reused_without_cutting_the_conversation_that_holds_it(tiny_gguf):
+    """A new chat sharing only a system prompt with a long conversation goes to an empty slot and
+    shares those cells; the conversation's next turn still finds all of its own."""
+
+    async def run(keep_prompts: bool) -> tuple[list[str], list[int], int]:
+        model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=2, threads=1))
+        sched = Scheduler(model, name="tiny-share", keep_prompts=keep_prompts)
+        steps = record_step_sizes(model)
+        system = prompt_of(sched, "You are terse. " * 3)
+        tail = lambda text: sched.model.tokenize(text, add_special=False, parse_special=False)  # noqa: E731
+        try:
+            texts, prefills = [], []
+            conversation = system + tail(" Tell me a long story about the sea and the wind.")
+            for prompt in (conversation, system + tail(" hi"), conversation + tail(" more")):
+                steps.clear()
+                text, _ = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=40, ignore_eos=True)))
+                texts.append(text)
+                prefills.append(steps[0])
+            return texts, prefills, len(system)
+        finally:
+            await asyncio.to_thread(sched.close)
+
+    cached, (_, short_step, turn_step), system = await run(True)
+    fresh, (conversation, fresh_short, fresh_turn), _ = await run(False)  # prefills: the whole prompts
+    assert cached == fresh
+    assert short_step <= fresh_short - system  # the system prompt came from the conversation's cells
+    assert turn_step == fresh_turn - conversation  # and the conversation kept all of its own
+
+
+async def test_cells_that_cannot_serve_as_a_prefix_are_prefilled_again(tiny_gguf):
+    model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=1, threads=1))
+    sched = Scheduler(model, name="tiny-swa")
+    model.keep_prefix = lambda seq, n: False  # as llama.cpp answers when a sliding window moved on
+    steps = record_step_sizes(model)
+    try:
+        prompt = prompt_of(sched, "hello there")
+        first, _ = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=6, ignore_eos=True)))
+        steps.clear()
+        again, last = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=6, ignore_eos=True)))
+        assert again == first and last.cached_tokens == 0 and steps[0] == len(prompt)
     finally:
         await asyncio.to_thread(sched.close)

@@ -1,5 +1,6 @@
-"""Slot choice for the prompt cache: the longest held start of the prompt, else an empty slot, else
-the least recently used; the prompt's last token is always left to prefill."""
+"""Slot choice for the prompt cache: the slot holding the longest start of the prompt when little of it
+is lost, else an empty slot (else the least recently used) sharing that start; the prompt's last token
+is always left to prefill."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_a_prompt_goes_to_the_slot_holding_its_longest_start():
     assert slots.release(b.slot, [1, 2, 6])
     assert slots.release(c.slot, [1])
     got = slots.take([1, 2, 3, 4, 5, 6, 7])  # the next turn of a chat
-    assert (got.slot, got.reuse, got.held) == (a.slot, 5, True)
+    assert (got.slot, got.reuse, got.source, got.held) == (a.slot, 5, a.slot, True)
 
 
 def test_the_same_prompt_again_leaves_its_last_token_to_prefill():
@@ -29,16 +30,16 @@ def test_the_same_prompt_again_leaves_its_last_token_to_prefill():
     assert slots.take([1, 2, 3]).reuse == 2
 
 
-def test_an_empty_slot_is_preferred_to_a_short_match_and_the_oldest_held_slot_goes_last():
+def test_a_short_match_shares_its_cells_from_an_empty_slot_and_the_oldest_held_slot_goes_last():
     slots = Slots(3)
     first, second, third = slots.take([1]), slots.take([2]), slots.take([3])
     slots.release(first.slot, [1, 2, 3, 4])
     slots.release(second.slot, [5, 6])
     slots.release(third.slot, None)  # nothing kept: the slot is empty
-    got = slots.take([1, 9, 9, 9, 9])  # shares 1 of 5 tokens with the first: not worth its cache
-    assert (got.slot, got.reuse, got.held) == (third.slot, 0, False)
-    got = slots.take([8, 8])  # no empty slot left: the least recently released held one
-    assert (got.slot, got.reuse, got.held) == (first.slot, 0, True)
+    got = slots.take([1, 9, 9, 9])  # 1 of the 4 tokens the first holds: the first keeps them all
+    assert (got.slot, got.reuse, got.source, got.held) == (third.slot, 1, first.slot, False)
+    got = slots.take([8, 8])  # nothing to reuse, no empty slot: the least recently released
+    assert (got.slot, got.reuse, got.source, got.held) == (first.slot, 0, None, True)
 
 
 def test_eviction_takes_the_least_recently_used_held_slot():

@@ -97,6 +97,11 @@ class LoadedModel(ABC):
         sliding-window model no longer holds the window before `n`); the sequence is then unchanged."""
 
     @abstractmethod
+    def share_prefix(self, source: int, seq: int, n: int) -> bool:
+        """Gives the empty sequence `seq` the KV cells of `source`'s first `n` tokens, shared rather
+        than copied. False, with nothing changed, when they cannot serve as a prefix (as above)."""
+
+    @abstractmethod
     def grammar(self, gbnf: str) -> Grammar: ...
 
     @abstractmethod

@@ -307,11 +307,19 @@ class LlamaCppModel(LoadedModel):
         llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
 
     def keep_prefix(self, seq: int, n: int) -> bool:
-        # The next token, at position n, attends to the n_swa positions before it in sliding-window
-        # layers, whose cache drops older cells: those must still be there (llama-server's rule).
-        if self._n_swa and llama_cpp.llama_memory_seq_pos_min(self._mem, seq) > max(0, n - self._n_swa):
+        return self._window_kept(seq, n) and bool(llama_cpp.llama_memory_seq_rm(self._mem, seq, n, -1))
+
+    def share_prefix(self, source: int, seq: int, n: int) -> bool:
+        if not self._window_kept(source, n):
             return False
-        return bool(llama_cpp.llama_memory_seq_rm(self._mem, seq, n, -1))
+        llama_cpp.llama_memory_seq_cp(self._mem, source, seq, 0, n)
+        return True
+
+    def _window_kept(self, seq: int, n: int) -> bool:
+        """Whether the sequence's cells can carry on at position n. In sliding-window layers that
+        token attends to the positions after n - n_swa, and the cache drops cells older than the
+        window: llama-server's test, stricter by one position."""
+        return not self._n_swa or llama_cpp.llama_memory_seq_pos_min(self._mem, seq) <= max(0, n - self._n_swa)
 
     def grammar(self, gbnf: str) -> LlamaCppGrammar:
         return LlamaCppGrammar(self._vocab, gbnf, self._n_vocab)
