@@ -47,10 +47,11 @@ class Slots:
 
     def take(self, prompt: Sequence[int]) -> Assignment:
         """The slot for `prompt` and what it reuses. The free slot holding the longest start of the
-        prompt is taken when that start is at least half of what it holds (little is lost); otherwise
-        the prompt goes to an empty slot (else the least recently used) and shares that start's cells,
-        so a long conversation is not cut down for a short match such as a system prompt. The prompt's
-        last token is always left to prefill: its logits give the first output token."""
+        prompt is taken when that start is at least half of what it holds (little is lost), or when no
+        slot is empty (taking another would lose a whole cache, not a tail). Otherwise the prompt goes
+        to an empty slot and shares that start's cells, so a long conversation is not cut down for a
+        short match such as a system prompt. With no match, an empty slot, else the least recently
+        used. The prompt's last token is always left to prefill: its logits give the first token."""
         limit = len(prompt) - 1
         source, reuse = None, 0
         for slot in self._free:
@@ -59,10 +60,11 @@ class Slots:
                 n = common_prefix(held, prompt[:limit])
                 if n > reuse:
                     source, reuse = slot, n
-        if source is not None and 2 * reuse >= len(self._held[source]):
-            slot = source
+        empty = next((s for s in self._free if s not in self._held), None)
+        if empty is not None and (source is None or 2 * reuse < len(self._held[source])):
+            slot = empty
         else:
-            slot = next((s for s in self._free if s not in self._held), self._free[0])
+            slot = source if source is not None else self._free[0]
         self._free.remove(slot)
         held = self._held.pop(slot, None) is not None
         return Assignment(slot, reuse, source, held)

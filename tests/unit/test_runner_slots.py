@@ -42,6 +42,15 @@ def test_a_short_match_shares_its_cells_from_an_empty_slot_and_the_oldest_held_s
     assert (got.slot, got.reuse, got.source, got.held) == (first.slot, 0, None, True)
 
 
+def test_with_no_empty_slot_a_short_match_cuts_its_own_slot_rather_than_lose_another_whole():
+    slots = Slots(2)
+    first, second = slots.take([1]), slots.take([2])
+    slots.release(first.slot, [5, 6, 7, 8])
+    slots.release(second.slot, [1, 2, 3, 4, 5, 6])
+    got = slots.take([1, 2, 9])  # 2 of the second's 6 tokens; the first (older) keeps all of its own
+    assert (got.slot, got.reuse, got.source, got.held) == (second.slot, 2, second.slot, True)
+
+
 def test_eviction_takes_the_least_recently_used_held_slot():
     slots = Slots(2)
     a, b = slots.take([1]), slots.take([2])
