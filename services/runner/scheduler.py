@@ -165,7 +165,7 @@ class _Sequence:
         self.outputs: list[int] = []  # generated tokens in the KV cache (the last sampled one is not)
         self.cached = 0  # prompt tokens the slot's KV cells held at admission
 
-    def cached_tokens(self) -> list[int]:
+    def kv_tokens(self) -> list[int]:
         """What the sequence's KV cells hold: n_past tokens."""
         return self.job.prompt[: self.fed] + self.outputs
 
@@ -451,7 +451,7 @@ class Scheduler:
         """Takes a sequence out of the batch and frees its slot; its KV cells stay for a later prompt
         that starts with the same tokens, unless `keep` is False (or the slots keep none)."""
         self._active.remove(seq)
-        if not self._slot_pool.release(seq.slot, seq.cached_tokens() if keep else None):
+        if not self._slot_pool.release(seq.slot, seq.kv_tokens() if keep else None):
             self.model.clear_sequence(seq.slot)
         if seq.grammar is not None:
             seq.grammar.close()

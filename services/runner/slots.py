@@ -52,12 +52,12 @@ class Slots:
         to an empty slot and shares that start's cells, so a long conversation is not cut down for a
         short match such as a system prompt. With no match, an empty slot, else the least recently
         used. The prompt's last token is always left to prefill: its logits give the first token."""
-        limit = len(prompt) - 1
+        reusable = prompt[: len(prompt) - 1]
         source, reuse = None, 0
         for slot in self._free:
             held = self._held.get(slot)
             if held:
-                n = common_prefix(held, prompt[:limit])
+                n = common_prefix(held, reusable)
                 if n > reuse:
                     source, reuse = slot, n
         empty = next((s for s in self._free if s not in self._held), None)
