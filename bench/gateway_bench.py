@@ -27,6 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from modelrunner.store.upload import package_files  # noqa: E402
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc  # noqa: E402
 from tests.support.tiny_gguf import write_tiny_gguf  # noqa: E402
 
@@ -163,8 +164,8 @@ def main() -> None:
         gguf = write_tiny_gguf(workdir / "tiny.gguf")
         ports, http, procs = start_stack(workdir)
         try:
-            httpx.post(f"{http}/models/package", json={"gguf_path": str(gguf), "name": "ai/tiny"}, timeout=60
-                       ).raise_for_status()
+            with grpc.insecure_channel(f"127.0.0.1:{ports['store']}") as channel:
+                package_files(store_pb2_grpc.StoreStub(channel), [gguf], "ai/tiny", timeout=60)
             bench_list(http, f"127.0.0.1:{ports['store']}", args.requests)
             if procs[2].poll() is None:
                 bench_stream(http, f"127.0.0.1:{ports['runner']}", args.tokens, args.rounds)

@@ -172,7 +172,8 @@ def modelrunner_stack(model: Path, context: int, slots: int, logs: Path, prompt_
 
     from modelrunner.default_model import NAME
     from modelrunner.stack import StackLayout
-    from modelrunner.v1 import store_pb2, store_pb2_grpc
+    from modelrunner.store.upload import package_files
+    from modelrunner.v1 import store_pb2_grpc
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-stack-") as data_dir:
         layout = StackLayout(Path(data_dir))
@@ -187,8 +188,7 @@ def modelrunner_stack(model: Path, context: int, slots: int, logs: Path, prompt_
             with _child(command, log, env=env) as process:
                 state = _wait_stack(layout, process, log)
                 with grpc.insecure_channel(state.services["store"]["addr"]) as channel:
-                    store_pb2_grpc.StoreStub(channel).PackageModel(
-                        store_pb2.PackageModelRequest(gguf_path=str(model), name=NAME), timeout=300)
+                    package_files(store_pb2_grpc.StoreStub(channel), [model], NAME, timeout=300)
                 yield Endpoint(f"modelrunner (gateway, {slots} slots)", state.url, NAME,
                                state.services["runner"]["pid"], {"ignore_eos": True})
         finally:  # the services' logs outlive the temporary data directory

@@ -1,17 +1,22 @@
 """Docker Model Runner's /models and /engines routes: the transcoded route table, plus DMR's shaping on
 top (201 for tag, 202 for _configure, JSON lines for pull/push progress, `?remote=true` to the
-Distribution, DELETE's one-key actions) and the one route the protos do not annotate."""
+Distribution, DELETE's one-key actions) and the routes the protos do not annotate: the list of
+configurations, and the blob upload that packaging streams its files through (the Store opens no path a
+client names)."""
 
 from __future__ import annotations
 
 import json
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from modelrunner.common.names import is_digest
 from modelrunner.gateway import proto_json
 from modelrunner.gateway.backends import Backends, Service, UpstreamError
 from modelrunner.gateway.errors import APIError, from_upstream
+from modelrunner.gateway.middleware import accepts
 from modelrunner.gateway.settings import GatewayOptions
 from modelrunner.gateway.streaming import ClosingStreamingResponse, json_line, peek
 from modelrunner.gateway.transcoding import HttpRoute, build_request, openapi_operation, routes_of
@@ -25,6 +30,9 @@ SERVICES = [
 STATUS = {"modelrunner.v1.Store.TagModel": 201, "modelrunner.v1.Runner.Configure": 202}
 LONG_RUNNING = {"modelrunner.v1.Store.PackageModel", "modelrunner.v1.Store.PurgeModels", "modelrunner.v1.Store.Prune"}
 GET_MODEL = "modelrunner.v1.Store.GetModel"
+PACKAGE_MODEL = "modelrunner.v1.Store.PackageModel"
+BLOB_UPLOAD = "/models/blobs/{digest}"  # PUT, raw bytes (application/octet-stream), streamed to the Store
+SERVER_PATH_FIELDS = ("gguf_path", "license_path", "chat_template_path")  # what PackageModel once took
 DELETE_MODEL = "modelrunner.v1.Store.DeleteModel"
 
 
@@ -79,6 +87,46 @@ async def _progress(request: Request, service: Service, route: HttpRoute, messag
     return ClosingStreamingResponse(lines(), media_type="application/json" if "application/json" in accept else "text/plain")
 
 
+def _refuse_server_paths(body) -> None:
+    """A file path in a packaging request is refused by name: the Store opens no path a client chose."""
+    named = [field for field in SERVER_PATH_FIELDS if isinstance(body, dict) and field in body]
+    if named:
+        raise APIError(
+            400,
+            f"{named[0]}: the Store opens no file path a client names; upload the file with "
+            f"`PUT {BLOB_UPLOAD}` and name its blob in `gguf` (or `license`, `chat_template`) as "
+            '{"digest": "sha256:...", "name": "model.gguf"} (`modelrunner package` does both)',
+            param=named[0],
+            code="invalid_value",
+        )
+
+
+async def _upload_blob(request: Request, digest: str) -> JSONResponse:
+    """Streams the body into the Store as the blob `digest` (verified there against digest and size)."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit():
+        raise APIError(411, "the upload needs a Content-Length header: the Store checks the size it was told",
+                       code="length_required")
+    if not is_digest(digest):
+        raise APIError(400, f"digest {digest!r} must be sha256:<64 hex digits> of the uploaded bytes", param="digest")
+    header = store_pb2.WriteBlobRequest(header=store_pb2.BlobHeader(digest=digest, size=int(length), offset=0))
+
+    async def messages():
+        yield header
+        async for data in request.stream():
+            if data:
+                yield store_pb2.WriteBlobRequest(data=data)
+
+    store: Service = request.app.state.backends.store
+    try:
+        reply = await store.stub.WriteBlob(messages(), timeout=request.app.state.options.long_timeout)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.DATA_LOSS:  # the bytes sent are not the digest named: the client's
+            raise APIError(400, error.details() or "the bytes do not match the digest", param="digest") from None
+        raise from_upstream(store._error(error)) from None  # noqa: SLF001 (the Service maps its own errors)
+    return JSONResponse(proto_json.to_json(reply), status_code=200 if reply.existed else 201)
+
+
 def _endpoint(route: HttpRoute):
     full_name = route.method.full_name
 
@@ -86,6 +134,8 @@ def _endpoint(route: HttpRoute):
         backends: Backends = request.app.state.backends
         options: GatewayOptions = request.app.state.options
         body = await _json_body(request) if route.body else None
+        if full_name == PACKAGE_MODEL:
+            _refuse_server_paths(body)
         message = build_request(route, request.path_params, list(request.query_params.multi_items()), body)
         service = _service(backends, route.service)
         if route.server_streaming:
@@ -112,6 +162,15 @@ def install(app: FastAPI) -> None:
         )
         return proto_json.field_json(reply, "settings")
 
+    app.add_api_route(
+        BLOB_UPLOAD,
+        _upload_blob,
+        methods=["PUT"],
+        tags=["Docker Model Runner"],
+        summary="Upload a file to package (the raw bytes; answers 201, or 200 when the Store had it)",
+        status_code=201,
+        openapi_extra=accepts("application/octet-stream"),
+    )
     for route in routes_of(SERVICES):
         status = STATUS.get(route.method.full_name, 200)
         operation = openapi_operation(route)

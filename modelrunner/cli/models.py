@@ -140,25 +140,45 @@ def package(
     chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template to include.")] = None,
     context_size: Annotated[int, typer.Option("--context-size", help="Context length to record (0: the GGUF's).")] = 0,
 ) -> None:
-    """Package a local GGUF file as a model in the store."""
+    """Package a local GGUF file as a model in the store (the files are uploaded: the store may be remote)."""
+    from modelrunner.common.errors import ServiceError  # imported on use: they pull in grpc and numpy
+    from modelrunner.store.artifact import shard_paths
+
     checked(name)
-    body: dict = {"gguf_path": _existing(gguf), "name": name}
-    if license_file is not None:
-        body["license_path"] = _existing(license_file)
-    if chat_template is not None:
-        body["chat_template_path"] = _existing(chat_template)
-    if context_size:
-        body["context_size"] = context_size
-    model = client.connect().json("POST", "/models/package", json=body) or {}
+    try:
+        shards = shard_paths(_existing(gguf))
+    except ServiceError as err:
+        raise CliError(err.message) from None
+    extras = {field: _existing(path) for field, path in (("license", license_file), ("chat_template", chat_template))
+              if path is not None}
+    gateway = client.connect()
+    try:
+        body: dict = {"name": name, "gguf": [_upload(gateway, shard) for shard in shards]}
+        body.update({field: _upload(gateway, path) for field, path in extras.items()})
+        if context_size:
+            body["context_size"] = context_size
+        model = gateway.json("POST", "/models/package", json=body) or {}
+    finally:
+        gateway.close()
     console.print(f"Packaged {name} ({short_id(model.get('id', ''))})", markup=False)
 
 
-def _existing(path: Path) -> str:
-    """An absolute path, since the Store opens it (the CLI checks it exists first)."""
+def _existing(path: Path) -> Path:
     resolved = path.expanduser().resolve()
     if not resolved.is_file():
         raise CliError(f"{path}: no such file")
-    return str(resolved)
+    return resolved
+
+
+def _upload(gateway: client.Gateway, path: Path) -> dict:
+    """Streams `path` to the Store as a blob; returns how PackageModel names it."""
+    from modelrunner.store.upload import file_digest
+
+    digest = file_digest(path)
+    with path.open("rb") as body:
+        gateway.request("PUT", f"/models/blobs/{digest}", content=body,
+                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)})
+    return {"digest": digest, "name": path.name}
 
 
 def run(

@@ -1,4 +1,8 @@
-"""Registry authentication: Basic sent up front, or the Bearer token flow (Docker Hub's).
+"""Registry authentication: Basic, or the Bearer token flow (Docker Hub's), each only in answer to the
+registry's 401 challenge (never up front: a registry that serves anonymous pulls never sees the
+password). The client sends the header to the registry's own host only (registry.py); a token is asked
+of the realm the challenge names, over TLS or a plain-HTTP host the operator allowed, its answer read
+within a limit.
 
 A token is asked for every scope the operation needs at once (`repository:<name>:pull,push` for a
 push, plus `repository:<source>:pull` for cross-repository mounts), so a push never runs on a
@@ -11,38 +15,46 @@ the docker CLI does; a registry that only does Basic cannot take one.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 
 import grpc
 import httpx
 from oras.auth.utils import parse_auth_header
 
 from modelrunner.common.errors import ServiceError
-from modelrunner.distribution.credentials import ENV_PASSWORD, ENV_USER, Credentials
+from modelrunner.distribution.bodies import MAX_ERROR_BYTES, BodyTooLarge, encoded, limit_text, read_body
+from modelrunner.distribution.credentials import ENV_PASSWORD, ENV_USER, Credentials, env_suffix
 
 TOKEN_MARGIN_S = 30
 CLIENT_ID = "modelrunner"  # the OAuth2 client_id sent with an identity token
 
 
 def login_hint(registry: str) -> str:
-    return f"run `docker login {registry}`, or set {ENV_USER} and {ENV_PASSWORD}"
+    suffix = env_suffix(registry)
+    return f"run `docker login {registry}`, or set {ENV_USER}_{suffix} and {ENV_PASSWORD}_{suffix}"
 
 
 class RegistryAuth:
-    """The Authorization header for one registry and one set of scopes."""
+    """The Authorization header for one registry and one set of scopes; `target` vets a realm's URL."""
 
-    def __init__(self, registry: str, credentials: Credentials | None, scopes: list[str]) -> None:
+    def __init__(
+        self, registry: str, credentials: Credentials | None, scopes: list[str],
+        target: Callable[[httpx.URL, str], httpx.URL],
+    ) -> None:
         self.registry = registry
         self.credentials = credentials
         self.scopes = scopes
+        self.target = target
         self._token: str | None = None
         self._token_expiry = 0.0
-        self._bearer = False  # the registry asked for tokens: stop sending Basic
+        self._basic = False  # the registry challenged for Basic: send it from now on
 
     def header(self) -> dict[str, str]:
         if self._token and time.monotonic() < self._token_expiry:
             return {"Authorization": f"Bearer {self._token}"}
-        if self.credentials is not None and not self._bearer and not self.credentials.identity_token:
+        if self._basic and self.credentials is not None:
             return {"Authorization": f"Basic {self.credentials.basic()}"}
         return {}
 
@@ -62,12 +74,15 @@ class RegistryAuth:
                     f"`<token>` user) cannot answer: log in with a username and password "
                     f"(`docker login -u USER {self.registry}`), or set {ENV_USER} and {ENV_PASSWORD}",
                 )
-            raise ServiceError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"registry {self.registry} rejected the credentials of user {self.credentials.username!r}: "
-                f"{login_hint(self.registry)}",
-            )
-        self._bearer = True
+            if self._basic:
+                raise ServiceError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"registry {self.registry} rejected the credentials of user {self.credentials.username!r}: "
+                    f"{login_hint(self.registry)}",
+                )
+            self._basic = True
+            return
+        self._basic = False
         parsed = parse_auth_header(challenge)
         if not parsed.realm:
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, f"registry {self.registry} sent a token challenge without a realm")
@@ -77,33 +92,59 @@ class RegistryAuth:
         params: list[tuple[str, str]] = [("scope", s) for s in scopes]
         if parsed.service:
             params.append(("service", parsed.service))
-        try:
-            if self.credentials is not None and self.credentials.identity_token:
-                form = {"grant_type": "refresh_token", "refresh_token": self.credentials.password,
-                        "client_id": CLIENT_ID, "scope": " ".join(scopes)}
-                if parsed.service:
-                    form["service"] = parsed.service
-                reply = await http.post(parsed.realm, data=form)
-            else:
-                headers = {"Authorization": f"Basic {self.credentials.basic()}"} if self.credentials else {}
-                reply = await http.get(parsed.realm, params=params, headers=headers)
-        except httpx.TransportError as exc:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"token service of registry {self.registry} is unreachable: {type(exc).__name__}"
-            ) from None
-        if reply.status_code in (401, 403):
+        realm = self.target(httpx.URL(parsed.realm), "its token service")
+        if self.credentials is not None and self.credentials.identity_token:
+            form = {"grant_type": "refresh_token", "refresh_token": self.credentials.password,
+                    "client_id": CLIENT_ID, "scope": " ".join(scopes)}
+            if parsed.service:
+                form["service"] = parsed.service
+            request = http.build_request("POST", realm, data=form)
+        else:
+            headers = {"Authorization": f"Basic {self.credentials.basic()}"} if self.credentials else {}
+            request = http.build_request("GET", realm, params=params, headers=headers)
+        status, body = await self._token_answer(http, request)
+        if status in (401, 403):
             who = self.credentials.who() if self.credentials else "anonymous access"
             raise ServiceError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"registry {self.registry} refused a token to {who}: {login_hint(self.registry)}",
             )
-        if reply.status_code != 200:
+        if status != 200:
             raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"token service of registry {self.registry} answered HTTP {reply.status_code}"
+                grpc.StatusCode.UNAVAILABLE, f"token service of registry {self.registry} answered HTTP {status}"
             )
-        body = reply.json()
-        token = body.get("token") or body.get("access_token")
-        if not token:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
+        if not token or not isinstance(token, str):
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, f"token service of registry {self.registry} sent no token")
         self._token = token
-        self._token_expiry = time.monotonic() + max(60, int(body.get("expires_in") or 60)) - TOKEN_MARGIN_S
+        expires = answer.get("expires_in")
+        self._token_expiry = time.monotonic() + max(60, expires if isinstance(expires, int) else 60) - TOKEN_MARGIN_S
+
+    async def _token_answer(self, http: httpx.AsyncClient, request: httpx.Request) -> tuple[int, bytes]:
+        """The token service's status and body, read within MAX_ERROR_BYTES and never decompressed."""
+        where = f"token service of registry {self.registry}"
+        try:
+            response = await http.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    return response.status_code, b""
+                if encoded(response.headers):
+                    raise ServiceError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"{where} answered with Content-Encoding {encoded(response.headers)} although identity was "
+                        "asked; it is not decompressed",
+                    )
+                return 200, await read_body(response, MAX_ERROR_BYTES)
+            finally:
+                await response.aclose()
+        except BodyTooLarge:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{where} answered with more than {limit_text(MAX_ERROR_BYTES)} (the limit for a token)",
+            ) from None
+        except httpx.TransportError as exc:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"{where} is unreachable: {type(exc).__name__}") from None

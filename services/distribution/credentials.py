@@ -1,8 +1,12 @@
-"""Registry credentials, looked up per registry host in the docker CLI's order:
+"""Registry credentials, looked up per registry host in the docker CLI's order. A credential belongs to
+one registry host (host[:port]) and is never offered to another:
 
-1. MODELRUNNER_REGISTRY_USERNAME/PASSWORD. A per-registry pair wins over the global one:
-   MODELRUNNER_REGISTRY_USERNAME_<HOST> where <HOST> is the registry with every character other than a
-   letter or digit turned into `_`, upper-cased (`127.0.0.1:5000` -> `MODELRUNNER_REGISTRY_USERNAME_127_0_0_1_5000`).
+1. MODELRUNNER_REGISTRY_USERNAME_<HOST>/MODELRUNNER_REGISTRY_PASSWORD_<HOST>, where <HOST> is the
+   registry with every character other than a letter or digit turned into `_`, upper-cased
+   (`127.0.0.1:5000` -> `MODELRUNNER_REGISTRY_USERNAME_127_0_0_1_5000`). The plain pair
+   MODELRUNNER_REGISTRY_USERNAME/PASSWORD counts only together with MODELRUNNER_REGISTRY_HOST, the host
+   it is for: without it, a pull names the registry and would get the password (a pull of
+   evil.example/x once did). Set without the host, it is an error (FAILED_PRECONDITION) that says so.
 2. The Docker config ($DOCKER_CONFIG/config.json when DOCKER_CONFIG is set, as the docker CLI does,
    else ~/.docker/config.json): the credential helper of `credHelpers[host]`, else of `credsStore`
    (`docker-credential-<name> get` on PATH, the docker-credential-helpers protocol; Docker Hub is
@@ -32,6 +36,7 @@ from modelrunner.common.errors import ServiceError
 
 ENV_USER = "MODELRUNNER_REGISTRY_USERNAME"
 ENV_PASSWORD = "MODELRUNNER_REGISTRY_PASSWORD"
+ENV_HOST = "MODELRUNNER_REGISTRY_HOST"  # the one registry the plain pair is for
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io", "docker.io")
 DOCKER_HUB_SERVER_URL = DOCKER_HUB_KEYS[0]  # what the docker CLI asks helpers for, for Docker Hub
 HELPER_PREFIX = "docker-credential-"
@@ -66,17 +71,35 @@ class CredentialHelperError(ServiceError):
         super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
-def _env_suffix(registry: str) -> str:
+def env_suffix(registry: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", registry).upper()
 
 
+def same_registry(a: str, b: str) -> bool:
+    """Whether two spellings name one registry host (Docker Hub has several)."""
+    a, b = _strip_scheme(a.strip()).lower(), _strip_scheme(b.strip()).lower()
+    hub = {_strip_scheme(k) for k in DOCKER_HUB_KEYS}
+    return a == b or (a in hub and b in hub)
+
+
 def from_env(registry: str, env: dict[str, str] | None = None) -> Credentials | None:
+    """The per-host pair of `registry`, else the plain pair when MODELRUNNER_REGISTRY_HOST names it."""
     env = os.environ if env is None else env
-    suffix = _env_suffix(registry)
-    for user_key, pass_key in ((f"{ENV_USER}_{suffix}", f"{ENV_PASSWORD}_{suffix}"), (ENV_USER, ENV_PASSWORD)):
-        if env.get(user_key) and env.get(pass_key):
-            return Credentials(env[user_key], env[pass_key])
-    return None
+    suffix = env_suffix(registry)
+    user_key, pass_key = f"{ENV_USER}_{suffix}", f"{ENV_PASSWORD}_{suffix}"
+    if env.get(user_key) and env.get(pass_key):
+        return Credentials(env[user_key], env[pass_key])
+    if not (env.get(ENV_USER) and env.get(ENV_PASSWORD)):
+        return None
+    host = env.get(ENV_HOST, "")
+    if not host.strip():
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{ENV_USER} and {ENV_PASSWORD} are set without {ENV_HOST}: set {ENV_HOST} to the registry they "
+            f"are for (host[:port], e.g. {registry}), or use {ENV_USER}_{suffix} and {ENV_PASSWORD}_{suffix}; "
+            "a password is never sent to a registry it was not given for"
+        )
+    return Credentials(env[ENV_USER], env[ENV_PASSWORD]) if same_registry(host, registry) else None
 
 
 def docker_config_path(env: dict[str, str] | None = None) -> Path:
@@ -146,8 +169,8 @@ def from_helper(
     """`docker-credential-<helper> get` for `registry`: its credentials, None when it has none."""
     program = HELPER_PREFIX + helper
     where = f"credential helper {program} ({key} in {config_path})"
-    fix = (f"fix it, or remove {key} from that file, or set {ENV_USER} and {ENV_PASSWORD} "
-           f"(or their _{_env_suffix(registry)} form)")
+    fix = (f"fix it, or remove {key} from that file, or set {ENV_USER}_{env_suffix(registry)} and "
+           f"{ENV_PASSWORD}_{env_suffix(registry)}")
     try:
         done = subprocess.run(
             [program, "get"], input=server_url(registry).encode(), capture_output=True, timeout=timeout,

@@ -11,11 +11,11 @@ from modelrunner.common import media_types as mt
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.names import is_digest
 from modelrunner.common.oci import MANIFEST_TYPES, Manifest, parse_manifest
+from modelrunner.distribution.bodies import MAX_MANIFEST_BYTES, limit_text
 
 MANIFESTS = set(MANIFEST_TYPES)
 INDEXES = {mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST}
 MODEL_LAYERS = {mt.GGUF, mt.LICENSE, mt.MMPROJ, mt.CHAT_TEMPLATE, mt.SAFETENSORS, mt.DIR_TAR}
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ class ModelManifest(Manifest):
 
 def _json(raw: bytes, what: str) -> dict:
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"{what}: the manifest is over the limit of {limit_text(MAX_MANIFEST_BYTES)}"
+        )
     try:
         doc = json.loads(raw)
     except ValueError:

@@ -4,6 +4,15 @@ Built on httpx rather than oras-py's Registry, which is synchronous (requests), 
 parsed JSON (their digest cannot be checked or kept), and has no ranged or resumable transfer. oras
 serves the challenge parsing (auth.py) and the manifest Accept list.
 
+What a registry may make this client do is bounded:
+- The credential goes only to the registry's own host (and the token service its challenge names), only
+  after it asked (a 401), and only over TLS unless the operator allowed plain HTTP for that host
+  (loopback, MODELRUNNER_INSECURE_REGISTRIES; a request cannot widen that). Redirects and upload
+  `Location`s are followed by hand: to another host without the Authorization header (blob redirects to
+  a storage host still work), never over plain HTTP to a host not allowed it.
+- Bodies are read as streams with limits (manifests and configs 4 MiB, tokens and error bodies 1 MiB),
+  asked as `identity` and never decompressed (a gzip bomb stays the few bytes it was sent as).
+
 Requests without a body, or with a bytes body, are retried with backoff on 429, 5xx and broken
 connections; streaming transfers are retried by their caller, which knows where to resume.
 """
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import json
 import logging
 import random
 import ssl
@@ -26,6 +36,14 @@ from oras.defaults import default_manifest_accepted_media_types
 
 from modelrunner.common.errors import ServiceError
 from modelrunner.distribution.auth import RegistryAuth, login_hint
+from modelrunner.distribution.bodies import (
+    MAX_ERROR_BYTES,
+    MAX_MANIFEST_BYTES,
+    BodyTooLarge,
+    encoded,
+    limit_text,
+    read_body,
+)
 from modelrunner.distribution.credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -36,6 +54,8 @@ MAX_ATTEMPTS = 6
 BACKOFF_BASE_S = 0.25
 BACKOFF_MAX_S = 8.0
 LOOPBACK_NAMES = {"localhost"}
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
 
 
 def is_loopback(registry: str) -> bool:
@@ -51,13 +71,33 @@ def is_loopback(registry: str) -> bool:
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """How to reach registries: CA bundle, which may use plain HTTP."""
+    """How to reach registries: CA bundle, which hosts may use plain HTTP (the operator's list)."""
 
     ca_bundle: str = ""
     insecure_registries: frozenset[str] = frozenset()
 
-    def may_use_http(self, registry: str, insecure: bool) -> bool:
-        return insecure or is_loopback(registry) or registry in self.insecure_registries
+    def may_use_http(self, registry: str) -> bool:
+        return is_loopback(registry) or registry in self.insecure_registries
+
+    def check_insecure(self, registry: str, insecure: bool) -> None:
+        """A request's `insecure` may only ask for what the operator allowed."""
+        if insecure and not self.may_use_http(registry):
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"insecure: plain HTTP to registry {registry} is not allowed; the operator lists the registries "
+                "that may use it in MODELRUNNER_INSECURE_REGISTRIES (loopback always may)",
+            )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A registry's answer, its body read (within a limit); `oversized` when the body went past it."""
+
+    status_code: int
+    headers: httpx.Headers
+    url: httpx.URL
+    body: bytes
+    oversized: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,18 +133,18 @@ class RegistryClient:
         options: RegistryOptions,
         insecure: bool = False,
     ) -> None:
+        options.check_insecure(registry, insecure)
         self.registry = registry
         self.options = options
-        self.insecure = insecure
-        self.auth = RegistryAuth(registry, credentials, scopes)
         verify: str | bool = options.ca_bundle or True
         self.http = httpx.AsyncClient(
             verify=verify,
             timeout=httpx.Timeout(30.0, read=60.0),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
-            follow_redirects=True,
+            follow_redirects=False,  # followed by hand: see _send
             headers={"User-Agent": "modelrunner-distribution", "Accept-Encoding": "identity"},
         )
+        self.auth = RegistryAuth(registry, credentials, scopes, self.target)
         host = DOCKER_HUB_API if registry == "docker.io" else registry
         self.base = f"https://{host}"
         self._host = host
@@ -133,38 +173,90 @@ class RegistryClient:
         if self._probed:
             return
         self._probed = True
-        if not self.options.may_use_http(self.registry, self.insecure):
+        if not self.options.may_use_http(self.registry):
             return
         try:
-            await self.http.get(f"{self.base}/v2/", timeout=5.0)
+            response = await self.http.send(self.http.build_request("GET", f"{self.base}/v2/", timeout=5.0), stream=True)
+            await response.aclose()
         except httpx.TransportError as exc:
             if _untrusted_certificate(exc):  # it speaks TLS: plain HTTP would not help
                 raise self.unavailable(exc) from None
             self.base = f"http://{self._host}"
 
-    def url(self, path: str) -> str:
-        return urljoin(self.base + "/", path.lstrip("/")) if not path.startswith("http") else path
+    def url(self, path: str) -> httpx.URL:
+        return httpx.URL(urljoin(self.base + "/", path.lstrip("/")) if not path.startswith("http") else path)
+
+    def target(self, url: httpx.URL, what: str) -> httpx.URL:
+        """`url` if this client may send to it: https, or http to a host the operator allows it."""
+        if url.scheme == "https" or (url.scheme == "http" and self.options.may_use_http(_authority(url))):
+            return url
+        raise ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"registry {self.registry} sent {what} to {url.scheme}://{_authority(url)}, which this Distribution "
+            "does not reach over plain HTTP (https only; loopback and MODELRUNNER_INSECURE_REGISTRIES may use http)",
+        )
+
+    def _home(self, url: httpx.URL) -> bool:
+        """Whether `url` is on the registry's own host, the only one its credential goes to."""
+        base = httpx.URL(self.base)
+        return url.host == base.host and _port(url) == _port(base) and url.scheme == base.scheme
+
+    async def open(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+    ) -> httpx.Response:
+        """Sends, following redirects of GET and HEAD by hand; the streamed response must be closed."""
+        await self._probe()
+        url = self.url(path)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._send(method, url, headers, content)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location or method not in ("GET", "HEAD"):
+                return response
+            await response.aclose()
+            url = self.target(httpx.URL(urljoin(str(url), location)), "a redirect")
+        raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"registry {self.registry} redirected more than {MAX_REDIRECTS} times")
 
     async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: dict[str, str] | None = None,
-        content: bytes | AsyncIterator[bytes] | None = None,
-        stream: bool = False,
+        self, method: str, path: str, *, headers: dict[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None, limit: int = MAX_ERROR_BYTES, what: str = "",
+    ) -> Answer:
+        """Sends and reads the answer's body within `limit` (past it: FAILED_PRECONDITION for a success;
+        an error status keeps its status, its body unread past MAX_ERROR_BYTES)."""
+        response = await self.open(method, path, headers=headers, content=content)
+        if response.status_code >= 400:
+            limit = min(limit, MAX_ERROR_BYTES)
+        try:
+            try:
+                body = b"" if method == "HEAD" else await read_body(response, limit)  # HEAD declares, sends none
+                oversized = False
+            except BodyTooLarge:
+                if response.status_code < 400:
+                    raise ServiceError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"{what or 'a request'}: registry {self.registry} answered with more than {limit_text(limit)} "
+                        "(the limit); nothing was kept",
+                    ) from None
+                body, oversized = b"", True
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                raise self.unavailable(exc) from None
+        finally:
+            await response.aclose()
+        return Answer(response.status_code, response.headers, response.request.url, body, oversized)
+
+    async def _send(
+        self, method: str, url: httpx.URL, headers: dict[str, str] | None, content: bytes | AsyncIterator[bytes] | None
     ) -> httpx.Response:
-        """Sends with auth; retries what can be replayed. A streamed response must be closed by the caller."""
-        await self._probe()
+        """One URL with auth (only at home) and retries of what can be replayed; the response is streamed."""
         replayable = content is None or isinstance(content, bytes)
-        authenticated = False
+        home = self._home(url)
+        challenges = 0
         attempt = 0
         while True:
-            request = self.http.build_request(
-                method, self.url(path), headers={**(headers or {}), **self.auth.header()}, content=content
-            )
+            sent = {**(headers or {}), **(self.auth.header() if home else {})}
+            request = self.http.build_request(method, url, headers=sent, content=content)
             try:
-                response = await self.http.send(request, stream=stream)
+                response = await self.http.send(request, stream=True)
             except httpx.TransportError as exc:
                 if not replayable:
                     raise TransferError(f"{type(exc).__name__}") from exc
@@ -174,10 +266,10 @@ class RegistryClient:
                 log.info("registry request failed, retrying", extra={"fields": {"registry": self.registry, "error": type(exc).__name__}})
                 await asyncio.sleep(backoff(attempt))
                 continue
-            if response.status_code == 401 and not authenticated and replayable:
+            if response.status_code == 401 and home and replayable and challenges < 2:
                 await response.aclose()
                 await self.auth.answer(response, self.http)
-                authenticated = True
+                challenges += 1
                 continue
             if response.status_code in RETRY_STATUSES:
                 await response.aclose()
@@ -192,12 +284,12 @@ class RegistryClient:
                 continue
             return response
 
-    def check(self, response: httpx.Response, what: str, expected: tuple[int, ...]) -> None:
+    def check(self, answer: Answer, what: str, expected: tuple[int, ...]) -> None:
         """Raises a ServiceError a user understands for an unexpected status."""
-        status = response.status_code
+        status = answer.status_code
         if status in expected:
             return
-        detail = _registry_error(response)
+        detail = _registry_error(answer)
         if status == 401:
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, f"{what}: authentication required; {login_hint(self.registry)}")
         if status == 403:
@@ -213,37 +305,64 @@ class RegistryClient:
     async def get_manifest(self, repository: str, reference: str, *, accept: list[str] | None = None) -> ManifestData:
         """The raw manifest; its digest is checked against a digest reference or Docker-Content-Digest."""
         what = f"model {self.registry}/{repository}{'@' if reference.startswith('sha256:') else ':'}{reference}"
-        response = await self.request(
+        answer = await self.request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
             headers={"Accept": ", ".join(accept or default_manifest_accepted_media_types)},
+            limit=MAX_MANIFEST_BYTES,
+            what=f"{what}: the manifest",
         )
-        self.check(response, what, (200,))
-        raw = response.content
+        self.check(answer, what, (200,))
+        raw = self.plain(answer, f"{what}: the manifest")
         digest = sha256_digest(raw)
-        claimed = reference if reference.startswith("sha256:") else response.headers.get("Docker-Content-Digest")
+        claimed = reference if reference.startswith("sha256:") else answer.headers.get("Docker-Content-Digest")
         if claimed and claimed.startswith("sha256:") and claimed != digest:
             raise ServiceError(grpc.StatusCode.DATA_LOSS, f"{what}: manifest digest {digest} does not match {claimed}")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        media_type = answer.headers.get("Content-Type", "").split(";")[0].strip()
         return ManifestData(raw, media_type, digest)
+
+    async def get_small_blob(self, repository: str, digest: str, what: str) -> bytes:
+        """A blob read whole (a config), within the manifest limit, not decompressed."""
+        answer = await self.request("GET", f"/v2/{repository}/blobs/{digest}", limit=MAX_MANIFEST_BYTES, what=what)
+        self.check(answer, what, (200,))
+        return self.plain(answer, what)
+
+    def plain(self, answer: Answer, what: str) -> bytes:
+        """The body as sent, refused when the registry encoded it anyway (it is never decompressed)."""
+        encoding = encoded(answer.headers)
+        if encoding:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{what}: registry {self.registry} sent it with Content-Encoding {encoding} although identity was "
+                "asked; it is not decompressed",
+            )
+        return answer.body
 
     async def open_blob(self, repository: str, digest: str, offset: int) -> httpx.Response:
         """A streamed GET of a blob from `offset` (Range); raises TransferError when worth retrying."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = await self.request("GET", f"/v2/{repository}/blobs/{digest}", headers=headers, stream=True)
+        response = await self.open("GET", f"/v2/{repository}/blobs/{digest}", headers=headers)
         if response.status_code in (200, 206):
             return response
-        await response.aread()
-        self.check(response, f"blob {digest} of {self.registry}/{repository}", (200, 206))
+        try:
+            body, oversized = await read_body(response, MAX_ERROR_BYTES), False
+        except BodyTooLarge:
+            body, oversized = b"", True
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise TransferError(type(exc).__name__) from exc
+        finally:
+            await response.aclose()
+        answer = Answer(response.status_code, response.headers, response.request.url, body, oversized)
+        self.check(answer, f"blob {digest} of {self.registry}/{repository}", (200, 206))
         raise AssertionError("unreachable")
 
     # -- writing --------------------------------------------------------------------------------
 
     async def blob_exists(self, repository: str, digest: str) -> bool:
-        response = await self.request("HEAD", f"/v2/{repository}/blobs/{digest}")
-        if response.status_code == 404:
+        answer = await self.request("HEAD", f"/v2/{repository}/blobs/{digest}")
+        if answer.status_code == 404:
             return False
-        self.check(response, f"blob {digest} of {self.registry}/{repository}", (200,))
+        self.check(answer, f"blob {digest} of {self.registry}/{repository}", (200,))
         return True
 
     async def start_upload(self, repository: str, *, mount: str | None = None, source: str | None = None) -> str | None:
@@ -251,11 +370,11 @@ class RegistryClient:
         path = f"/v2/{repository}/blobs/uploads/"
         if mount and source:
             path += f"?mount={mount}&from={source}"
-        response = await self.request("POST", path, headers={"Content-Length": "0"})
-        self.check(response, f"upload to {self.registry}/{repository}", (201, 202))
-        if response.status_code == 201:
+        answer = await self.request("POST", path, headers={"Content-Length": "0"})
+        self.check(answer, f"upload to {self.registry}/{repository}", (201, 202))
+        if answer.status_code == 201:
             return None
-        return self._location(response)
+        return self._location(answer)
 
     async def upload_chunk(self, location: str, start: int, length: int, body: AsyncIterator[bytes]) -> str:
         """PATCHes bytes [start, start+length) streamed from `body`; returns the next location."""
@@ -264,46 +383,60 @@ class RegistryClient:
             "Content-Range": f"{start}-{start + length - 1}",
             "Content-Length": str(length),
         }
-        response = await self.request("PATCH", location, headers=headers, content=body)
-        if response.status_code in RETRY_STATUSES:
-            raise TransferError(f"HTTP {response.status_code}")
-        self.check(response, f"upload to {self.registry}", (202,))
-        return self._location(response)
+        answer = await self.request("PATCH", location, headers=headers, content=body)
+        if answer.status_code in RETRY_STATUSES:
+            raise TransferError(f"HTTP {answer.status_code}")
+        self.check(answer, f"upload to {self.registry}", (202,))
+        return self._location(answer)
 
     async def upload_offset(self, location: str) -> tuple[int, str]:
         """How many bytes the upload session holds (to resume a broken PATCH), and its location."""
-        response = await self.request("GET", location)
-        self.check(response, f"upload status on {self.registry}", (204,))
-        held = response.headers.get("Range", "")
+        answer = await self.request("GET", location)
+        self.check(answer, f"upload status on {self.registry}", (204,))
+        held = answer.headers.get("Range", "")
         end = int(held.rsplit("-", 1)[-1]) + 1 if "-" in held else 0
-        return end, self._location(response)
+        return end, self._location(answer)
 
     async def finish_upload(self, location: str, digest: str) -> None:
         separator = "&" if "?" in location else "?"
-        response = await self.request("PUT", f"{location}{separator}digest={digest}", content=b"")
-        self.check(response, f"commit of blob {digest} on {self.registry}", (201,))
+        answer = await self.request("PUT", f"{location}{separator}digest={digest}", content=b"")
+        self.check(answer, f"commit of blob {digest} on {self.registry}", (201,))
 
     async def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> None:
-        response = await self.request(
+        answer = await self.request(
             "PUT", f"/v2/{repository}/manifests/{reference}", headers={"Content-Type": media_type}, content=raw
         )
-        self.check(response, f"manifest {self.registry}/{repository}:{reference}", (201, 200))
+        self.check(answer, f"manifest {self.registry}/{repository}:{reference}", (201, 200))
 
-    def _location(self, response: httpx.Response) -> str:
-        location = response.headers.get("Location")
+    def _location(self, answer: Answer) -> str:
+        """The upload session's URL; on another host it gets no credential (_send), over http only if allowed."""
+        location = answer.headers.get("Location")
         if not location:
             raise ServiceError(grpc.StatusCode.UNKNOWN, f"registry {self.registry} sent no upload location")
-        return urljoin(str(response.request.url), location)
+        return str(self.target(httpx.URL(urljoin(str(answer.url), location)), "an upload location"))
 
 
-def _registry_error(response: httpx.Response) -> str:
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def _authority(url: httpx.URL) -> str:
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port}" if url.port else host
+
+
+def _registry_error(answer: Answer) -> str:
     """The registry's own error message (`{"errors": [{"code", "message"}]}`), if any."""
+    if answer.oversized:
+        return f" (with an error body over {limit_text(MAX_ERROR_BYTES)}, not read)"
+    if encoded(answer.headers):
+        return ""
     try:
-        errors = response.json().get("errors") or []
+        errors = json.loads(answer.body).get("errors") or []
     except (ValueError, AttributeError):
         return ""
     parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict)]
-    return f" ({'; '.join(parts)})" if parts else ""
+    return f" ({'; '.join(parts)[:500]})" if parts else ""
 
 
 def _untrusted_certificate(exc: BaseException | None) -> bool:

@@ -14,24 +14,21 @@ import grpc
 from modelrunner.common.errors import ServiceError
 from modelrunner.distribution.context import Context
 from modelrunner.distribution.pull import resolve
+from modelrunner.distribution.bodies import MAX_MANIFEST_BYTES, limit_text
 from modelrunner.common.artifact_config import model_config, parse_created
 from modelrunner.v1 import types_pb2
-
-MAX_CONFIG_BYTES = 16 << 20
-
 
 async def remote_model(ctx: Context, name: str, insecure: bool) -> types_pb2.Model:
     ref = ctx.reference(name)
     async with ctx.client(ref, "pull", insecure, await ctx.login(ref)) as client:
         manifest = await resolve(client, ref)
         blob = manifest.config
-        if blob.size > MAX_CONFIG_BYTES:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"model {ref}: config of {blob.size} bytes is too large")
-        response = await client.open_blob(ref.repository, blob.digest, 0)
-        try:
-            raw = await response.aread()
-        finally:
-            await response.aclose()
+        if blob.size > MAX_MANIFEST_BYTES:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {ref}: its config of {blob.size} bytes is over the limit of {limit_text(MAX_MANIFEST_BYTES)}",
+            )
+        raw = await client.get_small_blob(ref.repository, blob.digest, f"model {ref}: the config")
     if "sha256:" + hashlib.sha256(raw).hexdigest() != blob.digest:
         raise ServiceError(grpc.StatusCode.DATA_LOSS, f"registry {ref.registry} served a config that does not match {blob.digest}")
     try:

@@ -11,7 +11,9 @@ from modelrunner.common.config import Setting
 DEFAULT_REGISTRY = Setting("default-registry", "docker.io", "registry of names without a host")
 CA_BUNDLE = Setting("ca-bundle", "", "PEM file of CA certificates to trust for registries (default: system)")
 INSECURE_REGISTRIES = Setting(
-    "insecure-registries", "", "comma-separated registries (host[:port]) reachable over plain HTTP; loopback always is"
+    "insecure-registries", "",
+    "comma-separated registries (host[:port]) reachable over plain HTTP; loopback always is. A request's "
+    "`insecure` cannot add to these",
 )
 PULL_CONCURRENCY = Setting("pull-concurrency", "4", "layers downloaded in parallel by one pull")
 UPLOAD_CHUNK_SIZE = Setting(

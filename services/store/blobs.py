@@ -125,25 +125,8 @@ class _Ingest:
             self.fd = -1
 
 
-def _copy_hashing(src: Path, fd: int) -> tuple[str, int]:
-    """Copies `src` into the open temp file `fd` in one pass, hashing as it goes; fsyncs."""
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
-    with open(src, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            chunk = view[:n]
-            h.update(chunk)
-            while chunk:
-                chunk = chunk[os.write(fd, chunk) :]
-            size += n
-    os.fsync(fd)
-    return "sha256:" + h.hexdigest(), size
-
-
 class BlobStore:
-    """The blobs of one layout: stat, write (resumable), import a local file, read, remove."""
+    """The blobs of one layout: stat, write (resumable), read, remove."""
 
     def __init__(self, layout: Layout, executor: ThreadPoolExecutor) -> None:
         self.layout = layout
@@ -290,30 +273,6 @@ class BlobStore:
         os.replace(path, self.layout.blob(digest))
         fsync_dir(self.layout.blobs)
         fsync_dir(self.layout.ingest)
-
-    async def import_file(self, src: Path) -> WriteResult:
-        """Copies a local file in as a blob, hashing while copying (one pass over the data)."""
-
-        def copy() -> tuple[Path, str, int]:
-            fd, tmp = self.layout.temp_file()
-            try:
-                digest, size = _copy_hashing(src, fd)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            finally:
-                os.close(fd)
-            return tmp, digest, size
-
-        tmp, digest, size = await self._run(copy)
-        async with self.lock(digest):
-            existed = self.exists(digest)
-            if existed:
-                await self._run(tmp.unlink, True)
-            else:
-                await self._run(self._commit, tmp, digest)
-            self.lease(digest)
-        return WriteResult(digest, size, existed)
 
     async def put_bytes(self, data: bytes) -> str:
         """Stores small content (a manifest, a config) as a blob; returns its digest."""

@@ -73,14 +73,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         return store_pb2.TagModelResponse(tag=tag, model=model_message(self.store.info(digest)))
 
     async def PackageModel(self, request, context) -> types_pb2.Model:
-        digest = await package(
-            self.store,
-            request.gguf_path,
-            request.name,
-            license_path=request.license_path,
-            chat_template_path=request.chat_template_path,
-            context_size=request.context_size,
-        )
+        digest = await package(self.store, request)
         return model_message(self.store.info(digest))
 
     async def PurgeModels(self, request, context) -> store_pb2.PurgeModelsResponse:

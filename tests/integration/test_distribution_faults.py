@@ -25,7 +25,7 @@ import pytest
 
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.integration.test_distribution_pull_push import SKOPEO, file_digest, resolve
-from tests.support.registry import Registry, Stack, dmr_artifact, pull, sha256_digest, upload
+from tests.support.registry import Registry, Stack, dmr_artifact, package, pull, sha256_digest, upload
 from tests.support.tiny_gguf import write_tiny_gguf
 
 CHUNK = 1 << 20
@@ -294,8 +294,7 @@ async def test_connection_dropped_mid_push_resumes(registry: Registry, tmp_path:
 # -- auth ----------------------------------------------------------------------------------------
 
 async def package_and_push(stack: Stack, gguf: Path, name: str) -> list:
-    async with grpc.aio.insecure_channel(stack.store.addr) as channel:
-        await store_pb2_grpc.StoreStub(channel).PackageModel(store_pb2.PackageModelRequest(gguf_path=str(gguf), name=name))
+    await package(stack, gguf, name)
     async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
         stub = distribution_pb2_grpc.DistributionStub(channel)
         return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
@@ -330,7 +329,8 @@ async def test_basic_auth_from_docker_config(tmp_path: Path, tiny_gguf: Path) ->
 
 async def test_token_auth_push_asks_for_push_scope(tmp_path: Path, tiny_gguf: Path) -> None:
     with Registry("token") as registry:
-        env = {"MODELRUNNER_REGISTRY_USERNAME": registry.username, "MODELRUNNER_REGISTRY_PASSWORD": registry.password}
+        env = {"MODELRUNNER_REGISTRY_USERNAME": registry.username, "MODELRUNNER_REGISTRY_PASSWORD": registry.password,
+               "MODELRUNNER_REGISTRY_HOST": registry.host}
         stack = Stack.start(tmp_path / "ok", env)
         try:
             name = f"{registry.host}/team/model:v1"

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc, types_pb2
-from tests.support.registry import Registry, Stack, dmr_artifact, pull, sha256_digest, upload
+from tests.support.registry import Registry, Stack, dmr_artifact, package, pull, sha256_digest, upload
 
 SKOPEO = "/usr/bin/skopeo"
 
@@ -37,13 +37,6 @@ async def push(stack: Stack, name: str) -> list[types_pb2.Progress]:
 async def resolve(stack: Stack, name: str) -> store_pb2.ResolvedModel:
     async with grpc.aio.insecure_channel(stack.store.addr) as channel:
         return await store_pb2_grpc.StoreStub(channel).ResolveModel(store_pb2.ResolveModelRequest(name=name))
-
-
-async def package(stack: Stack, gguf: Path, name: str) -> types_pb2.Model:
-    async with grpc.aio.insecure_channel(stack.store.addr) as channel:
-        return await store_pb2_grpc.StoreStub(channel).PackageModel(
-            store_pb2.PackageModelRequest(gguf_path=str(gguf), name=name)
-        )
 
 
 def file_digest(path: str | Path) -> str:

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port
+from tests.support.packaging import package_over_http
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACEPARENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -100,8 +101,7 @@ def stack(tmp_path_factory, tiny_gguf):
     running = Stack(workdir).start()
     try:
         running.wait_healthy()
-        reply = httpx.post(f"{running.url}/models/package", json={"gguf_path": str(tiny_gguf), "name": "ai/tiny"},
-                           timeout=60)
+        reply = package_over_http(running.url, tiny_gguf, "ai/tiny", timeout=60)
         assert reply.status_code == 200, reply.text
         yield running
     finally:

@@ -18,6 +18,7 @@ from tests.integration.test_store_service import (
     StoreProcess,
     blob_stream,
     digest_of,
+    package,
     put_model,
 )
 
@@ -31,7 +32,7 @@ async def test_kill_during_a_200mb_write_then_resume(tmp_path: Path, tiny_gguf: 
     try:
         async with proc.channel() as ch:
             stub = store_pb2_grpc.StoreStub(ch)
-            committed = await stub.PackageModel(store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/kept"))
+            committed = await package(stub, tiny_gguf, "ai/kept")
             half = stalled_stream(digest, data, stop_after=BIG // 2)
             call = stub.WriteBlob(half)
             for _ in range(300):  # the Store has the first half on disk

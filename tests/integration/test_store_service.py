@@ -88,6 +88,17 @@ async def put_model(stub, tags: list[str], layers: list[bytes], arch: str = "lla
     return await stub.PutManifest(store_pb2.PutManifestRequest(manifest=manifest_for(config, layers), tags=tags))
 
 
+async def uploaded(stub, path: Path) -> store_pb2.PackageFile:
+    """`path` written into the Store as a blob (as the CLI uploads it), named for PackageModel."""
+    data = path.read_bytes()
+    await write_blob(stub, data)
+    return store_pb2.PackageFile(digest=digest_of(data), name=path.name)
+
+
+async def package(stub, gguf: Path, name: str, **fields) -> object:
+    return await stub.PackageModel(store_pb2.PackageModelRequest(gguf=[await uploaded(stub, gguf)], name=name, **fields))
+
+
 @pytest.fixture
 def store(tmp_path: Path):
     proc = StoreProcess(tmp_path / "models").start()
@@ -110,14 +121,9 @@ async def test_package_list_resolve_and_skopeo_reads_the_layout(stub, store, tin
     template.write_text("{{ messages }}")
     license_ = tmp_path / "LICENSE"
     license_.write_text("Apache-2.0")
-    model = await stub.PackageModel(
-        store_pb2.PackageModelRequest(
-            gguf_path=str(tiny_gguf),
-            name="tiny:v1",
-            license_path=str(license_),
-            chat_template_path=str(template),
-            context_size=256,
-        )
+    model = await package(
+        stub, tiny_gguf, "tiny:v1", license=await uploaded(stub, license_), chat_template=await uploaded(stub, template),
+        context_size=256,
     )
     assert model.tags == ["docker.io/ai/tiny:v1"]
     assert model.config.architecture == "llama" and model.config.context_size == 256
@@ -239,7 +245,7 @@ async def test_tag_delete_and_garbage_collection(stub, store):
 
 
 async def test_delete_while_the_blob_is_mapped_keeps_the_reader_and_reclaims_space(stub, store, tiny_gguf):
-    model = await stub.PackageModel(store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/mapped"))
+    model = await package(stub, tiny_gguf, "ai/mapped")
     path = Path((await stub.ResolveModel(store_pb2.ResolveModelRequest(name="ai/mapped"))).gguf_paths[0])
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         await stub.DeleteModel(store_pb2.DeleteModelRequest(name=model.id))
@@ -250,7 +256,7 @@ async def test_delete_while_the_blob_is_mapped_keeps_the_reader_and_reclaims_spa
 
 
 async def test_concurrent_writers_with_overlapping_blobs_while_readers_list_and_resolve(stub, store, tiny_gguf):
-    await stub.PackageModel(store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/base"))
+    await package(stub, tiny_gguf, "ai/base")
     blobs = [os.urandom(2 * CHUNK + i) for i in range(4)]
     config = config_bytes()
     stop = asyncio.Event()
@@ -290,9 +296,7 @@ async def test_a_model_with_a_missing_blob_is_reported_broken(tmp_path, tiny_ggu
     proc = StoreProcess(tmp_path / "models").start()
     try:
         async with proc.channel() as ch:
-            model = await store_pb2_grpc.StoreStub(ch).PackageModel(
-                store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/broken")
-            )
+            model = await package(store_pb2_grpc.StoreStub(ch), tiny_gguf, "ai/broken")
             gguf = (
                 await store_pb2_grpc.StoreStub(ch).ResolveModel(store_pb2.ResolveModelRequest(name="ai/broken"))
             ).gguf_paths[0]
@@ -324,34 +328,43 @@ async def test_two_writers_of_one_large_blob_both_succeed_with_one_write(stub, s
 @pytest.mark.slow
 async def test_packaging_the_253mb_gemma_takes_seconds(stub, gemma_gguf: Path):
     start = time.monotonic()
-    model = await stub.PackageModel(store_pb2.PackageModelRequest(gguf_path=str(gemma_gguf), name="ai/gemma3"))
-    elapsed = time.monotonic() - start
-    assert elapsed < 10, f"packaging took {elapsed:.1f} s"
+    gguf = await uploaded(stub, gemma_gguf)
+    sent = time.monotonic()
+    model = await stub.PackageModel(store_pb2.PackageModelRequest(gguf=[gguf], name="ai/gemma3"))
+    elapsed = time.monotonic() - sent
+    assert elapsed < 10, f"packaging the uploaded blob took {elapsed:.1f} s"
     assert model.config.architecture == "gemma3" and model.config.quantization == "Q4_K_M"
     assert model.config.parameters == "268.10 M" and model.config.context_size == 32768
     resolved = await stub.ResolveModel(store_pb2.ResolveModelRequest(name="ai/gemma3"))
     assert resolved.layers[0].digest.startswith("sha256:a5fd3b62")
-    print(f"packaged 253 MB in {elapsed:.2f} s")
+    print(f"uploaded 253 MB in {sent - start:.2f} s, packaged it in {elapsed:.2f} s")
 
 
 async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path, tiny_gguf: Path):
     not_gguf = tmp_path / "notes.txt"
     not_gguf.write_text("hello")
+    gguf, notes = await uploaded(stub, tiny_gguf), await uploaded(stub, not_gguf)
+    absent = store_pb2.PackageFile(digest="sha256:" + "0" * 64, name="x.gguf")
+    request = store_pb2.PackageModelRequest
     cases = [
-        (store_pb2.PackageModelRequest(gguf_path="relative/x.gguf", name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT),
-        (
-            store_pb2.PackageModelRequest(gguf_path=str(tmp_path / "absent.gguf"), name="ai/x"),
-            grpc.StatusCode.NOT_FOUND,
-        ),
-        (store_pb2.PackageModelRequest(gguf_path=str(not_gguf), name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT),
-        (store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="../x"), grpc.StatusCode.INVALID_ARGUMENT),
-        (
-            store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/x", context_size=-1),
-            grpc.StatusCode.INVALID_ARGUMENT,
-        ),
+        (request(name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "gguf"),
+        (request(gguf=[absent], name="ai/x"), grpc.StatusCode.NOT_FOUND, "upload it first"),
+        (request(gguf=[store_pb2.PackageFile(digest="/etc/shadow")], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT,
+         "gguf[0].digest"),
+        (request(gguf=[gguf], license=store_pb2.PackageFile(digest=gguf.digest, name="../../etc/passwd"), name="ai/x"),
+         grpc.StatusCode.INVALID_ARGUMENT, "license.name"),
+        (request(gguf=[notes], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "not a GGUF file"),
+        (request(gguf=[gguf], name="../x"), grpc.StatusCode.INVALID_ARGUMENT, ""),
+        (request(gguf=[gguf], name="ai/x", context_size=-1), grpc.StatusCode.INVALID_ARGUMENT, "context_size"),
     ]
-    for request, code in cases:
+    for bad, code, named in cases:
         with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await stub.PackageModel(request)
-        assert code_of(exc) == code, request
+            await stub.PackageModel(bad)
+        assert code_of(exc) == code and named in exc.value.details(), bad
     assert (await stub.ListModels(store_pb2.ListModelsRequest())).models == []
+
+
+def test_package_request_has_no_server_path_fields():
+    """The Store opens no path a client names: the fields that once carried one are gone for good."""
+    fields = store_pb2.PackageModelRequest.DESCRIPTOR.fields_by_name
+    assert not {"gguf_path", "license_path", "chat_template_path"} & set(fields)

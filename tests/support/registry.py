@@ -1,4 +1,5 @@
-"""A real OCI registry for tests: Debian's `docker-registry serve CONFIG` (CNCF distribution 2.8).
+"""A real OCI registry for tests: Debian's `docker-registry serve CONFIG` (CNCF distribution 2.8), and
+RegistryDouble, which records the headers it gets and answers what a real registry will not.
 
 It listens on 127.0.0.1 with a free port and keeps its blobs in a temporary folder, so it can be
 killed and restarted on the same port and storage (to test resumed pulls). Optional auth:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -307,10 +310,12 @@ def upload(url: str, repository: str, tag: str, manifest: bytes, blobs: dict[str
 class ServiceProcess:
     """`python -m modelrunner.<module>` on a free 127.0.0.1 port, ready once its health says SERVING."""
 
-    def __init__(self, module: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, module: str, env: dict[str, str], workdir: Path, launcher: list[str] | None = None) -> None:
+        """`launcher` runs the command (e.g. in its own mount namespace: see hidden_from)."""
         import os
 
         self.module = module
+        self.launcher = launcher or []
         self.port = _free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.env = {**os.environ, "MODELRUNNER_LOG_FORMAT": "text", "MODELRUNNER_LISTEN": self.addr, **env}
@@ -325,7 +330,8 @@ class ServiceProcess:
 
         root = Path(__file__).resolve().parents[2]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, cwd=root, stderr=log)
+            self.proc = subprocess.Popen([*self.launcher, sys.executable, "-m", self.module], env=self.env, cwd=root,
+                                         stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -348,6 +354,18 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def hidden_from(folder: Path) -> list[str] | None:
+    """A launcher whose process sees an empty tmpfs at `folder` (its own mount namespace), so it cannot
+    read what a client keeps there; None where this machine does not allow `unshare -m`."""
+    launcher = ["unshare", "-m", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
+                str(folder)]
+    try:
+        works = subprocess.run([*launcher, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        works = False
+    return launcher if works else None
 
 
 @dataclass
@@ -386,3 +404,161 @@ async def pull(stack: Stack, reference: str) -> list:
     async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
         stub = distribution_pb2_grpc.DistributionStub(channel)
         return [m async for m in stub.PullModel(distribution_pb2.PullModelRequest(reference=reference))]
+
+
+# -- a registry double that records every request's headers, for what a real registry will not do ----
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up mid-answer (on an oversized body, as it should) is no error here."""
+
+
+class RegistryDouble:
+    """An OCI registry in a thread on 127.0.0.1 that records each request (method, path, headers).
+
+    It serves the manifests and blobs put in it, takes uploads (POST, PATCH, PUT ?digest=, manifests),
+    and asks for Basic auth with a 401 challenge when `auth` is (user, password). `overrides` answer
+    instead of it (after the auth check): (method, path regex, handler) tried in order, `handler(request_handler)` writing the
+    answer (oversized bodies, gzip bombs, redirects to another double). `upload_base` puts upload
+    sessions on another host; `blob_base` redirects blob GETs there (a storage host).
+    """
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        self.auth = auth
+        self.requests: list[Recorded] = []
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, tuple[bytes, str]] = {}  # "repo:ref" -> (raw, media type)
+        self.overrides: list[tuple[str, str, Callable[[BaseHTTPRequestHandler], None]]] = []
+        self.upload_base = ""
+        self.blob_base = ""
+        self._uploads: dict[str, bytearray] = {}
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def put_model(self, repository: str, tag: str, manifest: bytes, blobs: dict[str, bytes]) -> None:
+        media_type = json.loads(manifest).get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+        self.blobs.update(blobs)
+        self.manifests[f"{repository}:{tag}"] = self.manifests[f"{repository}:{sha256_digest(manifest)}"] = (
+            manifest, media_type)
+
+    def authorizations(self) -> list[str]:
+        return [r.headers.get("authorization", "") for r in self.requests if r.headers.get("authorization")]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> RegistryDouble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                double.requests.append(Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = urlparse(self.path).path
+                if double.auth and not path.startswith("/upload/") and not self._authorized():
+                    self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"login"}]}',
+                               {"WWW-Authenticate": 'Basic realm="double"'})
+                    return
+                for method, pattern, answer in double.overrides:
+                    if method == self.command and re.fullmatch(pattern, path):
+                        answer(self)
+                        return
+                self._serve(path, body)
+
+            def _authorized(self) -> bool:
+                user, password = double.auth  # type: ignore[misc]
+                return self.headers.get("Authorization") == "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+            def _serve(self, path: str, body: bytes) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                if path == "/v2/":
+                    self.reply(200, b"{}")
+                elif m := re.fullmatch(r"/v2/(.+)/manifests/(.+)", path):
+                    if self.command == "PUT":
+                        double.manifests[f"{m[1]}:{m[2]}"] = (body, self.headers.get("Content-Type", ""))
+                        self.reply(201, b"")
+                        return
+                    found = double.manifests.get(f"{m[1]}:{m[2]}")
+                    if found is None:
+                        self.reply(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}')
+                        return
+                    self.reply(200, found[0], {"Content-Type": found[1], "Docker-Content-Digest": sha256_digest(found[0])})
+                elif m := re.fullmatch(r"/v2/(.+)/blobs/uploads/", path):
+                    session = uuid.uuid4().hex
+                    double._uploads[session] = bytearray()
+                    self.reply(202, b"", {"Location": f"{double.upload_base or ''}/upload/{session}"})
+                elif m := re.fullmatch(r"/upload/([0-9a-f]+)", path):
+                    data = double._uploads.setdefault(m[1], bytearray())
+                    data += body
+                    if self.command == "PUT":
+                        double.blobs[query["digest"][0]] = bytes(data)
+                        self.reply(201, b"")
+                    else:
+                        self.reply(202, b"", {"Location": f"/upload/{m[1]}", "Range": f"0-{len(data) - 1}"})
+                elif m := re.fullmatch(r"(?:/v2/.+)?/blobs/(sha256:[0-9a-f]{64})", path):
+                    if double.blob_base and path.startswith("/v2/"):
+                        self.reply(307, b"", {"Location": f"{double.blob_base}/blobs/{m[1]}?signature=x"})
+                    elif m[1] in double.blobs:
+                        self.reply(200, double.blobs[m[1]], {"Content-Type": "application/octet-stream"})
+                    else:
+                        self.reply(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}')
+                else:
+                    self.reply(404, b"")
+
+            def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _handle  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+async def package(stack: Stack, gguf: Path, name: str, **files: Path) -> object:
+    """Uploads `gguf` (and `license_file`, `chat_template`) into the stack's Store and packages it as `name`."""
+    import asyncio
+
+    import grpc
+
+    from modelrunner.store.upload import package_files
+    from modelrunner.v1 import store_pb2_grpc
+
+    def run() -> object:
+        with grpc.insecure_channel(stack.store.addr) as channel:
+            return package_files(store_pb2_grpc.StoreStub(channel), [gguf], name, **files)
+
+    return await asyncio.to_thread(run)

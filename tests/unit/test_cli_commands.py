@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -145,18 +146,38 @@ def test_tag_sends_repo_and_tag(cli: Cli) -> None:
     assert dict(request.url.params) == {"repo": "localhost:5000/team/gemma", "tag": "v1"}
 
 
-def test_package_sends_absolute_paths(cli: Cli, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_package_uploads_the_files_then_names_their_blobs(cli: Cli, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     (tmp_path / "LICENSE").write_text("MIT")
     monkeypatch.chdir(tmp_path)
-    cli.handler = lambda r: httpx.Response(200, json=GEMMA)
+    cli.handler = lambda r: httpx.Response(201 if r.method == "PUT" else 200, json=GEMMA)
     code, out, err = cli("package", "m.gguf", "--license", "LICENSE", "--context-size", "2048", "ai/mine:v1")
     assert code == 0, err
-    body = json.loads(cli.requests[0].content)
-    assert body == {"gguf_path": str(tmp_path / "m.gguf"), "name": "ai/mine:v1",
-                    "license_path": str(tmp_path / "LICENSE"), "context_size": 2048}
+    digests = {name: "sha256:" + hashlib.sha256(data).hexdigest() for name, data in (("m.gguf", b"GGUF"), ("LICENSE", b"MIT"))}
+    uploads = [(r.url.path, r.content) for r in cli.requests if r.method == "PUT"]
+    assert uploads == [(f"/models/blobs/{digests['m.gguf']}", b"GGUF"), (f"/models/blobs/{digests['LICENSE']}", b"MIT")]
+    body = json.loads(cli.requests[-1].content)
+    assert cli.requests[-1].url.path == "/models/package"
+    assert body == {"gguf": [{"digest": digests["m.gguf"], "name": "m.gguf"}], "name": "ai/mine:v1",
+                    "license": {"digest": digests["LICENSE"], "name": "LICENSE"}, "context_size": 2048}
+    assert str(tmp_path) not in cli.requests[-1].content.decode()  # no client path reaches the server
     code, _, err = cli("package", "missing.gguf", "ai/mine:v1")
     assert code == 1 and "missing.gguf: no such file" in err
+
+
+def test_package_uploads_every_shard_in_order(cli: Cli, tmp_path) -> None:
+    shards = [tmp_path / f"m-0000{i}-of-00002.gguf" for i in (1, 2)]
+    for i, shard in enumerate(shards):
+        shard.write_bytes(b"GGUF" + bytes([i]))
+    cli.handler = lambda r: httpx.Response(201 if r.method == "PUT" else 200, json=GEMMA)
+    code, _, err = cli("package", str(shards[0]), "ai/sharded:v1")
+    assert code == 0, err
+    body = json.loads(cli.requests[-1].content)
+    assert [f["name"] for f in body["gguf"]] == [s.name for s in shards]
+    assert [r.method for r in cli.requests] == ["PUT", "PUT", "POST"]
+    shards[1].unlink()
+    code, _, err = cli("package", str(shards[0]), "ai/sharded:v1")
+    assert code == 1 and "shards missing" in err
 
 
 def progress_lines(*messages: dict) -> httpx.Response:

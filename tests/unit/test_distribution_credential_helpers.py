@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import threading
 import time
@@ -24,6 +25,11 @@ from tests.support.credential_helpers import calls, path_with, write_docker_conf
 
 HOST = "reg.example.com:5000"
 HUB = "https://index.docker.io/v1/"
+
+
+def any_url(url: httpx.URL, what: str) -> httpx.URL:
+    """RegistryAuth's check of a token realm's URL, as a client that may reach every URL."""
+    return url
 
 
 @pytest.fixture
@@ -62,6 +68,7 @@ def test_lookup_order_env_then_cred_helpers_then_creds_store_then_auths(docker, 
 
     monkeypatch.setenv(credentials.ENV_USER, "env-user")
     monkeypatch.setenv(credentials.ENV_PASSWORD, "env-pw")
+    monkeypatch.setenv(credentials.ENV_HOST, HOST)
     assert lookup(HOST) == Credentials("env-user", "env-pw")
     monkeypatch.setenv(f"{credentials.ENV_USER}_REG_EXAMPLE_COM_5000", "host-user")
     monkeypatch.setenv(f"{credentials.ENV_PASSWORD}_REG_EXAMPLE_COM_5000", "host-pw")
@@ -144,7 +151,7 @@ def test_identity_token_is_never_sent_as_basic(docker) -> None:
     write_docker_config(config_dir, {"credsStore": "store"})
     found = lookup(HOST)
     assert found is not None and found.identity_token and "refresh-me" not in repr(found)
-    auth = RegistryAuth(HOST, found, ["repository:team/model:pull"])
+    auth = RegistryAuth(HOST, found, ["repository:team/model:pull"], any_url)
     assert auth.header() == {}
 
 
@@ -153,13 +160,14 @@ async def test_identity_token_is_exchanged_with_a_refresh_token_grant() -> None:
 
     def token_service(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"access_token": "access-1", "expires_in": 300})
+        body = json.dumps({"access_token": "access-1", "expires_in": 300}).encode()
+        return httpx.Response(200, stream=httpx.ByteStream(body))  # streamed, as the network answers
 
-    auth = RegistryAuth(HOST, Credentials("<token>", "refresh-me"), ["repository:team/model:pull"])
+    auth = RegistryAuth(HOST, Credentials("<token>", "refresh-me"), ["repository:team/model:pull"], any_url)
     challenge = httpx.Response(401, headers={
         "WWW-Authenticate": 'Bearer realm="https://auth.example.com/token",service="reg",scope="repository:team/model:pull"'
     })
-    basic_only = RegistryAuth(HOST, Credentials("<token>", "refresh-me"), [])
+    basic_only = RegistryAuth(HOST, Credentials("<token>", "refresh-me"), [], any_url)
     async with httpx.AsyncClient(transport=httpx.MockTransport(token_service)) as http:
         await auth.answer(challenge, http)
         with pytest.raises(ServiceError) as error:

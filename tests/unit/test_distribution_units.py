@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from modelrunner.common import media_types as mt
 from modelrunner.common.errors import ServiceError
 from modelrunner.distribution.credentials import Credentials, from_env, lookup
 from modelrunner.distribution.manifests import parse_model_manifest, pick_from_index
-from modelrunner.distribution.registry import RegistryOptions, is_loopback
+from modelrunner.distribution.auth import RegistryAuth
+from modelrunner.distribution.bodies import BodyTooLarge, encoded, limit_text, read_body
+from modelrunner.distribution.registry import RegistryClient, RegistryOptions, is_loopback
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "abc")
 
 
-def test_env_credentials_prefer_the_per_registry_pair() -> None:
-    env = {
-        "MODELRUNNER_REGISTRY_USERNAME": "all", "MODELRUNNER_REGISTRY_PASSWORD": "p1",
-        "MODELRUNNER_REGISTRY_USERNAME_REG_EXAMPLE_COM_5000": "one", "MODELRUNNER_REGISTRY_PASSWORD_REG_EXAMPLE_COM_5000": "p2",
-    }
-    assert from_env("reg.example.com:5000", env) == Credentials("one", "p2")
-    assert from_env("other.io", env) == Credentials("all", "p1")
-    assert from_env("other.io", {}) is None
+def test_env_credentials_belong_to_one_host() -> None:
+    per_host = {"MODELRUNNER_REGISTRY_USERNAME_REG_EXAMPLE_COM_5000": "one",
+                "MODELRUNNER_REGISTRY_PASSWORD_REG_EXAMPLE_COM_5000": "p2"}
+    plain = {"MODELRUNNER_REGISTRY_USERNAME": "all", "MODELRUNNER_REGISTRY_PASSWORD": "p1"}
+    assert from_env("reg.example.com:5000", {**per_host, **plain, "MODELRUNNER_REGISTRY_HOST": "other.io"}) == Credentials("one", "p2")
+    assert from_env("other.io", {**plain, "MODELRUNNER_REGISTRY_HOST": "other.io"}) == Credentials("all", "p1")
+    assert from_env("evil.example", {**plain, "MODELRUNNER_REGISTRY_HOST": "other.io"}) is None
+    assert from_env("docker.io", {**plain, "MODELRUNNER_REGISTRY_HOST": "https://index.docker.io/v1/"}) == Credentials("all", "p1")
+    assert from_env("other.io", {}) is None and from_env("evil.example", per_host) is None
+
+
+def test_a_plain_pair_without_its_host_is_an_error_not_sent_anywhere() -> None:
+    plain = {"MODELRUNNER_REGISTRY_USERNAME": "all", "MODELRUNNER_REGISTRY_PASSWORD": "p1"}
+    with pytest.raises(ServiceError) as error:
+        from_env("evil.example:5000", plain)
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "MODELRUNNER_REGISTRY_HOST" in error.value.message and "p1" not in error.value.message
+    assert "MODELRUNNER_REGISTRY_USERNAME_EVIL_EXAMPLE_5000" in error.value.message
 
 
 def test_docker_config_auths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,12 +61,49 @@ def test_credentials_never_print_the_password() -> None:
     assert "secret" not in repr(Credentials("me", "secret")) and "secret" not in str(Credentials("me", "secret"))
 
 
-def test_loopback_may_use_http_others_only_when_listed() -> None:
+def test_loopback_may_use_http_others_only_when_the_operator_lists_them() -> None:
     assert is_loopback("127.0.0.1:5000") and is_loopback("localhost:5000") and is_loopback("[::1]:5000")
     assert not is_loopback("registry.example.com")
     options = RegistryOptions(insecure_registries=frozenset({"lan.registry:5000"}))
-    assert options.may_use_http("lan.registry:5000", False) and options.may_use_http("x.io", True)
-    assert not options.may_use_http("x.io", False)
+    assert options.may_use_http("lan.registry:5000") and options.may_use_http("127.0.0.1:5000")
+    assert not options.may_use_http("x.io")
+    options.check_insecure("lan.registry:5000", True)
+    options.check_insecure("x.io", False)
+    with pytest.raises(ServiceError) as error:  # a request's `insecure` cannot widen the operator's list
+        RegistryClient("x.io", credentials=Credentials("u", "pw"), scopes=[], options=options, insecure=True)
+    assert error.value.code == grpc.StatusCode.PERMISSION_DENIED and "MODELRUNNER_INSECURE_REGISTRIES" in error.value.message
+
+
+async def test_a_redirect_or_location_over_plain_http_to_a_host_not_allowed_is_refused() -> None:
+    async with RegistryClient("reg.example", credentials=None, scopes=[], options=RegistryOptions()) as client:
+        assert client.target(httpx.URL("https://storage.example/b"), "a redirect")
+        assert client.target(httpx.URL("http://127.0.0.1:9/b"), "a redirect")
+        for url in ("http://storage.example/b", "ftp://storage.example/b"):
+            with pytest.raises(ServiceError) as error:
+                client.target(httpx.URL(url), "a redirect")
+            assert error.value.code == grpc.StatusCode.PERMISSION_DENIED and "plain HTTP" in error.value.message
+
+
+async def test_basic_auth_waits_for_a_challenge() -> None:
+    auth = RegistryAuth("reg.example", Credentials("u", "pw"), [], lambda url, what: url)
+    assert auth.header() == {}
+    challenge = httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+    async with httpx.AsyncClient() as http:
+        await auth.answer(challenge, http)
+        assert auth.header()["Authorization"].startswith("Basic ")
+        with pytest.raises(ServiceError) as rejected:  # the second challenge: the password is wrong
+            await auth.answer(challenge, http)
+    assert rejected.value.code == grpc.StatusCode.UNAUTHENTICATED and "pw" not in rejected.value.message
+
+
+async def test_bodies_are_read_within_limits_and_never_decompressed() -> None:
+    bomb = gzip.compress(b"\0" * (8 << 20))
+    response = httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(bomb))
+    assert await read_body(response, 1 << 20) == bomb  # the few bytes sent, not 8 MiB
+    assert encoded(response.headers) == "gzip" and encoded(httpx.Headers({"Content-Encoding": "identity"})) == ""
+    with pytest.raises(BodyTooLarge):
+        await read_body(httpx.Response(200, stream=httpx.ByteStream(b"x" * 2048)), 1024)
+    assert limit_text(4 << 20) == "4 MiB" and limit_text(1000) == "1000 bytes"
 
 
 def test_index_prefers_linux_amd64_then_the_first_manifest() -> None:

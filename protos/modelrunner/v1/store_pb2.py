@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from modelrunner.v1 import types_pb2 as modelrunner_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelrunner/v1/store.proto\x12\x0emodelrunner.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1amodelrunner/v1/types.proto\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.modelrunner.v1.Model\"/\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06remote\x18\x02 \x01(\x08\"1\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"D\n\x0c\x44\x65leteAction\x12\x1a\n\x08untagged\x18\x01 \x01(\tR\x08Untagged\x12\x18\n\x07\x64\x65leted\x18\x02 \x01(\tR\x07\x44\x65leted\"D\n\x13\x44\x65leteModelResponse\x12-\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x1c.modelrunner.v1.DeleteAction\"<\n\x0fTagModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04repo\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"E\n\x10TagModelResponse\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.modelrunner.v1.Model\"~\n\x13PackageModelRequest\x12\x11\n\tgguf_path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0clicense_path\x18\x03 \x01(\t\x12\x1a\n\x12\x63hat_template_path\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x05 \x01(\x05\"\x14\n\x12PurgeModelsRequest\"F\n\x13PurgeModelsResponse\x12\x16\n\x0e\x64\x65leted_models\x18\x01 \x01(\x05\x12\x17\n\x0freclaimed_bytes\x18\x02 \x01(\x01\"\x0e\n\x0cPruneRequest\"?\n\rPruneResponse\x12\x15\n\rremoved_blobs\x18\x01 \x01(\x05\x12\x17\n\x0freclaimed_bytes\x18\x02 \x01(\x01\"\x12\n\x10\x44iskUsageRequest\"R\n\x11\x44iskUsageResponse\x12\x19\n\x11models_disk_usage\x18\x01 \x01(\x01\x12\"\n\x1a\x64\x65\x66\x61ult_backend_disk_usage\x18\x02 \x01(\x01\"#\n\x13ResolveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xdd\x01\n\rResolvedModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12+\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1b.modelrunner.v1.ModelConfig\x12\x12\n\ngguf_paths\x18\x04 \x03(\t\x12\x13\n\x0bmmproj_path\x18\x05 \x01(\t\x12\x14\n\x0clicense_path\x18\x06 \x01(\t\x12\x15\n\rchat_template\x18\x07 \x01(\t\x12*\n\x06layers\x18\x08 \x03(\x0b\x32\x1a.modelrunner.v1.Descriptor\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"A\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x01\x12\x0f\n\x07partial\x18\x03 \x01(\x01\"X\n\x10WriteBlobRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modelrunner.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"N\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x01\x12\x12\n\nmedia_type\x18\x04 \x01(\t\"B\n\x11WriteBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x01\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"1\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x01\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"4\n\x12PutManifestRequest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x0c\n\x04tags\x18\x02 \x03(\t\"\"\n\x12GetManifestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"^\n\x13GetManifestResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x11\n\treference\x18\x04 \x01(\t2\xbe\n\n\x05Store\x12l\n\nListModels\x12!.modelrunner.v1.ListModelsRequest\x1a\".modelrunner.v1.ListModelsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x07/modelsb\x06models\x12]\n\x08GetModel\x12\x1f.modelrunner.v1.GetModelRequest\x1a\x15.modelrunner.v1.Model\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/models/{name=**}\x12z\n\x0b\x44\x65leteModel\x12\".modelrunner.v1.DeleteModelRequest\x1a#.modelrunner.v1.DeleteModelResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x11/models/{name=**}b\x07\x61\x63tions\x12n\n\x08TagModel\x12\x1f.modelrunner.v1.TagModelRequest\x1a .modelrunner.v1.TagModelResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x17/models/{source=**}/tag\x12\x66\n\x0cPackageModel\x12#.modelrunner.v1.PackageModelRequest\x1a\x15.modelrunner.v1.Model\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/models/package:\x01*\x12m\n\x0bPurgeModels\x12\".modelrunner.v1.PurgeModelsRequest\x1a#.modelrunner.v1.PurgeModelsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/models/purge\x12[\n\x05Prune\x12\x1c.modelrunner.v1.PruneRequest\x1a\x1d.modelrunner.v1.PruneResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\r/models/prune\x12\x65\n\tDiskUsage\x12 .modelrunner.v1.DiskUsageRequest\x1a!.modelrunner.v1.DiskUsageResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/engines/df\x12R\n\x0cResolveModel\x12#.modelrunner.v1.ResolveModelRequest\x1a\x1d.modelrunner.v1.ResolvedModel\x12M\n\x08StatBlob\x12\x1f.modelrunner.v1.StatBlobRequest\x1a .modelrunner.v1.StatBlobResponse\x12R\n\tWriteBlob\x12 .modelrunner.v1.WriteBlobRequest\x1a!.modelrunner.v1.WriteBlobResponse(\x01\x12H\n\x08ReadBlob\x12\x1f.modelrunner.v1.ReadBlobRequest\x1a\x19.modelrunner.v1.BlobChunk0\x01\x12H\n\x0bPutManifest\x12\".modelrunner.v1.PutManifestRequest\x1a\x15.modelrunner.v1.Model\x12V\n\x0bGetManifest\x12\".modelrunner.v1.GetManifestRequest\x1a#.modelrunner.v1.GetManifestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelrunner/v1/store.proto\x12\x0emodelrunner.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1amodelrunner/v1/types.proto\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.modelrunner.v1.Model\"/\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06remote\x18\x02 \x01(\x08\"1\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"D\n\x0c\x44\x65leteAction\x12\x1a\n\x08untagged\x18\x01 \x01(\tR\x08Untagged\x12\x18\n\x07\x64\x65leted\x18\x02 \x01(\tR\x07\x44\x65leted\"D\n\x13\x44\x65leteModelResponse\x12-\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x1c.modelrunner.v1.DeleteAction\"<\n\x0fTagModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04repo\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"E\n\x10TagModelResponse\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.modelrunner.v1.Model\"+\n\x0bPackageFile\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x85\x02\n\x13PackageModelRequest\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x05 \x01(\x05\x12)\n\x04gguf\x18\x06 \x03(\x0b\x32\x1b.modelrunner.v1.PackageFile\x12,\n\x07license\x18\x07 \x01(\x0b\x32\x1b.modelrunner.v1.PackageFile\x12\x32\n\rchat_template\x18\x08 \x01(\x0b\x32\x1b.modelrunner.v1.PackageFileJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\tgguf_pathR\x0clicense_pathR\x12\x63hat_template_path\"\x14\n\x12PurgeModelsRequest\"F\n\x13PurgeModelsResponse\x12\x16\n\x0e\x64\x65leted_models\x18\x01 \x01(\x05\x12\x17\n\x0freclaimed_bytes\x18\x02 \x01(\x01\"\x0e\n\x0cPruneRequest\"?\n\rPruneResponse\x12\x15\n\rremoved_blobs\x18\x01 \x01(\x05\x12\x17\n\x0freclaimed_bytes\x18\x02 \x01(\x01\"\x12\n\x10\x44iskUsageRequest\"R\n\x11\x44iskUsageResponse\x12\x19\n\x11models_disk_usage\x18\x01 \x01(\x01\x12\"\n\x1a\x64\x65\x66\x61ult_backend_disk_usage\x18\x02 \x01(\x01\"#\n\x13ResolveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xdd\x01\n\rResolvedModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12+\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1b.modelrunner.v1.ModelConfig\x12\x12\n\ngguf_paths\x18\x04 \x03(\t\x12\x13\n\x0bmmproj_path\x18\x05 \x01(\t\x12\x14\n\x0clicense_path\x18\x06 \x01(\t\x12\x15\n\rchat_template\x18\x07 \x01(\t\x12*\n\x06layers\x18\x08 \x03(\x0b\x32\x1a.modelrunner.v1.Descriptor\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"A\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x01\x12\x0f\n\x07partial\x18\x03 \x01(\x01\"X\n\x10WriteBlobRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modelrunner.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"N\n\nBlobHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x01\x12\x12\n\nmedia_type\x18\x04 \x01(\t\"B\n\x11WriteBlobResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x01\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"1\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x01\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"4\n\x12PutManifestRequest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x0c\n\x04tags\x18\x02 \x03(\t\"\"\n\x12GetManifestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"^\n\x13GetManifestResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x11\n\treference\x18\x04 \x01(\t2\xbe\n\n\x05Store\x12l\n\nListModels\x12!.modelrunner.v1.ListModelsRequest\x1a\".modelrunner.v1.ListModelsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x07/modelsb\x06models\x12]\n\x08GetModel\x12\x1f.modelrunner.v1.GetModelRequest\x1a\x15.modelrunner.v1.Model\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/models/{name=**}\x12z\n\x0b\x44\x65leteModel\x12\".modelrunner.v1.DeleteModelRequest\x1a#.modelrunner.v1.DeleteModelResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x11/models/{name=**}b\x07\x61\x63tions\x12n\n\x08TagModel\x12\x1f.modelrunner.v1.TagModelRequest\x1a .modelrunner.v1.TagModelResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x17/models/{source=**}/tag\x12\x66\n\x0cPackageModel\x12#.modelrunner.v1.PackageModelRequest\x1a\x15.modelrunner.v1.Model\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/models/package:\x01*\x12m\n\x0bPurgeModels\x12\".modelrunner.v1.PurgeModelsRequest\x1a#.modelrunner.v1.PurgeModelsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/models/purge\x12[\n\x05Prune\x12\x1c.modelrunner.v1.PruneRequest\x1a\x1d.modelrunner.v1.PruneResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\r/models/prune\x12\x65\n\tDiskUsage\x12 .modelrunner.v1.DiskUsageRequest\x1a!.modelrunner.v1.DiskUsageResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/engines/df\x12R\n\x0cResolveModel\x12#.modelrunner.v1.ResolveModelRequest\x1a\x1d.modelrunner.v1.ResolvedModel\x12M\n\x08StatBlob\x12\x1f.modelrunner.v1.StatBlobRequest\x1a .modelrunner.v1.StatBlobResponse\x12R\n\tWriteBlob\x12 .modelrunner.v1.WriteBlobRequest\x1a!.modelrunner.v1.WriteBlobResponse(\x01\x12H\n\x08ReadBlob\x12\x1f.modelrunner.v1.ReadBlobRequest\x1a\x19.modelrunner.v1.BlobChunk0\x01\x12H\n\x0bPutManifest\x12\".modelrunner.v1.PutManifestRequest\x1a\x15.modelrunner.v1.Model\x12V\n\x0bGetManifest\x12\".modelrunner.v1.GetManifestRequest\x1a#.modelrunner.v1.GetManifestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,44 +65,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAGMODELREQUEST']._serialized_end=486
   _globals['_TAGMODELRESPONSE']._serialized_start=488
   _globals['_TAGMODELRESPONSE']._serialized_end=557
-  _globals['_PACKAGEMODELREQUEST']._serialized_start=559
-  _globals['_PACKAGEMODELREQUEST']._serialized_end=685
-  _globals['_PURGEMODELSREQUEST']._serialized_start=687
-  _globals['_PURGEMODELSREQUEST']._serialized_end=707
-  _globals['_PURGEMODELSRESPONSE']._serialized_start=709
-  _globals['_PURGEMODELSRESPONSE']._serialized_end=779
-  _globals['_PRUNEREQUEST']._serialized_start=781
-  _globals['_PRUNEREQUEST']._serialized_end=795
-  _globals['_PRUNERESPONSE']._serialized_start=797
-  _globals['_PRUNERESPONSE']._serialized_end=860
-  _globals['_DISKUSAGEREQUEST']._serialized_start=862
-  _globals['_DISKUSAGEREQUEST']._serialized_end=880
-  _globals['_DISKUSAGERESPONSE']._serialized_start=882
-  _globals['_DISKUSAGERESPONSE']._serialized_end=964
-  _globals['_RESOLVEMODELREQUEST']._serialized_start=966
-  _globals['_RESOLVEMODELREQUEST']._serialized_end=1001
-  _globals['_RESOLVEDMODEL']._serialized_start=1004
-  _globals['_RESOLVEDMODEL']._serialized_end=1225
-  _globals['_STATBLOBREQUEST']._serialized_start=1227
-  _globals['_STATBLOBREQUEST']._serialized_end=1260
-  _globals['_STATBLOBRESPONSE']._serialized_start=1262
-  _globals['_STATBLOBRESPONSE']._serialized_end=1327
-  _globals['_WRITEBLOBREQUEST']._serialized_start=1329
-  _globals['_WRITEBLOBREQUEST']._serialized_end=1417
-  _globals['_BLOBHEADER']._serialized_start=1419
-  _globals['_BLOBHEADER']._serialized_end=1497
-  _globals['_WRITEBLOBRESPONSE']._serialized_start=1499
-  _globals['_WRITEBLOBRESPONSE']._serialized_end=1565
-  _globals['_READBLOBREQUEST']._serialized_start=1567
-  _globals['_READBLOBREQUEST']._serialized_end=1616
-  _globals['_BLOBCHUNK']._serialized_start=1618
-  _globals['_BLOBCHUNK']._serialized_end=1643
-  _globals['_PUTMANIFESTREQUEST']._serialized_start=1645
-  _globals['_PUTMANIFESTREQUEST']._serialized_end=1697
-  _globals['_GETMANIFESTREQUEST']._serialized_start=1699
-  _globals['_GETMANIFESTREQUEST']._serialized_end=1733
-  _globals['_GETMANIFESTRESPONSE']._serialized_start=1735
-  _globals['_GETMANIFESTRESPONSE']._serialized_end=1829
-  _globals['_STORE']._serialized_start=1832
-  _globals['_STORE']._serialized_end=3174
+  _globals['_PACKAGEFILE']._serialized_start=559
+  _globals['_PACKAGEFILE']._serialized_end=602
+  _globals['_PACKAGEMODELREQUEST']._serialized_start=605
+  _globals['_PACKAGEMODELREQUEST']._serialized_end=866
+  _globals['_PURGEMODELSREQUEST']._serialized_start=868
+  _globals['_PURGEMODELSREQUEST']._serialized_end=888
+  _globals['_PURGEMODELSRESPONSE']._serialized_start=890
+  _globals['_PURGEMODELSRESPONSE']._serialized_end=960
+  _globals['_PRUNEREQUEST']._serialized_start=962
+  _globals['_PRUNEREQUEST']._serialized_end=976
+  _globals['_PRUNERESPONSE']._serialized_start=978
+  _globals['_PRUNERESPONSE']._serialized_end=1041
+  _globals['_DISKUSAGEREQUEST']._serialized_start=1043
+  _globals['_DISKUSAGEREQUEST']._serialized_end=1061
+  _globals['_DISKUSAGERESPONSE']._serialized_start=1063
+  _globals['_DISKUSAGERESPONSE']._serialized_end=1145
+  _globals['_RESOLVEMODELREQUEST']._serialized_start=1147
+  _globals['_RESOLVEMODELREQUEST']._serialized_end=1182
+  _globals['_RESOLVEDMODEL']._serialized_start=1185
+  _globals['_RESOLVEDMODEL']._serialized_end=1406
+  _globals['_STATBLOBREQUEST']._serialized_start=1408
+  _globals['_STATBLOBREQUEST']._serialized_end=1441
+  _globals['_STATBLOBRESPONSE']._serialized_start=1443
+  _globals['_STATBLOBRESPONSE']._serialized_end=1508
+  _globals['_WRITEBLOBREQUEST']._serialized_start=1510
+  _globals['_WRITEBLOBREQUEST']._serialized_end=1598
+  _globals['_BLOBHEADER']._serialized_start=1600
+  _globals['_BLOBHEADER']._serialized_end=1678
+  _globals['_WRITEBLOBRESPONSE']._serialized_start=1680
+  _globals['_WRITEBLOBRESPONSE']._serialized_end=1746
+  _globals['_READBLOBREQUEST']._serialized_start=1748
+  _globals['_READBLOBREQUEST']._serialized_end=1797
+  _globals['_BLOBCHUNK']._serialized_start=1799
+  _globals['_BLOBCHUNK']._serialized_end=1824
+  _globals['_PUTMANIFESTREQUEST']._serialized_start=1826
+  _globals['_PUTMANIFESTREQUEST']._serialized_end=1878
+  _globals['_GETMANIFESTREQUEST']._serialized_start=1880
+  _globals['_GETMANIFESTREQUEST']._serialized_end=1914
+  _globals['_GETMANIFESTRESPONSE']._serialized_start=1916
+  _globals['_GETMANIFESTRESPONSE']._serialized_end=2010
+  _globals['_STORE']._serialized_start=2013
+  _globals['_STORE']._serialized_end=3355
 # @@protoc_insertion_point(module_scope)

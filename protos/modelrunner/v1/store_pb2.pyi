@@ -66,19 +66,27 @@ class TagModelResponse(_message.Message):
     model: _types_pb2.Model
     def __init__(self, tag: _Optional[str] = ..., model: _Optional[_Union[_types_pb2.Model, _Mapping]] = ...) -> None: ...
 
-class PackageModelRequest(_message.Message):
-    __slots__ = ("gguf_path", "name", "license_path", "chat_template_path", "context_size")
-    GGUF_PATH_FIELD_NUMBER: _ClassVar[int]
+class PackageFile(_message.Message):
+    __slots__ = ("digest", "name")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
-    LICENSE_PATH_FIELD_NUMBER: _ClassVar[int]
-    CHAT_TEMPLATE_PATH_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
-    gguf_path: str
+    digest: str
     name: str
-    license_path: str
-    chat_template_path: str
+    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class PackageModelRequest(_message.Message):
+    __slots__ = ("name", "context_size", "gguf", "license", "chat_template")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GGUF_FIELD_NUMBER: _ClassVar[int]
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
     context_size: int
-    def __init__(self, gguf_path: _Optional[str] = ..., name: _Optional[str] = ..., license_path: _Optional[str] = ..., chat_template_path: _Optional[str] = ..., context_size: _Optional[int] = ...) -> None: ...
+    gguf: _containers.RepeatedCompositeFieldContainer[PackageFile]
+    license: PackageFile
+    chat_template: PackageFile
+    def __init__(self, name: _Optional[str] = ..., context_size: _Optional[int] = ..., gguf: _Optional[_Iterable[_Union[PackageFile, _Mapping]]] = ..., license: _Optional[_Union[PackageFile, _Mapping]] = ..., chat_template: _Optional[_Union[PackageFile, _Mapping]] = ...) -> None: ...
 
 class PurgeModelsRequest(_message.Message):
     __slots__ = ()

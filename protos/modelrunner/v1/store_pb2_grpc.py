@@ -140,7 +140,9 @@ class StoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PackageModel(self, request, context):
-        """Packages a GGUF file readable by the Store (and an optional license and chat template) as a model.
+        """Packages blobs the Store holds (a GGUF, and an optional license and chat template, each first
+        uploaded with WriteBlob or the gateway's `PUT /models/blobs/{digest}`) as a model. The Store never
+        opens a path a client names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,38 @@
+"""Registry answers read within limits, as sent: a 2 GB manifest or a gzip bomb cannot exhaust the
+Distribution. Every request asks `Accept-Encoding: identity`; a body is never decompressed."""
+
+from __future__ import annotations
+
+import httpx
+
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest or a config; model manifests are a few KiB
+MAX_ERROR_BYTES = 1 << 20  # an error body, a token answer
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes:
+    """The raw body, up to `limit` bytes (BodyTooLarge past it), without decoding any Content-Encoding."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge()
+    parts: list[bytes] = []
+    size = 0
+    async for data in response.aiter_raw():
+        size += len(data)
+        if size > limit:
+            raise BodyTooLarge()
+        parts.append(data)
+    return b"".join(parts)
+
+
+def encoded(headers: httpx.Headers) -> str:
+    """A Content-Encoding other than identity (asked for on every request), else ""."""
+    encoding = headers.get("Content-Encoding", "").strip().lower()
+    return "" if encoding in ("", "identity") else encoding
+
+
+def limit_text(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 and not limit % (1 << 20) else f"{limit} bytes"
