@@ -1,10 +1,12 @@
 """Renders deploy/envoy/envoy.yaml for an Envoy outside Docker: in front of services on this machine.
 
 Only addresses and paths change (upstreams, listener and admin ports, the descriptor set); the routes,
-filters and timeouts stay those of the edge that compose and Kubernetes run.
+filters and timeouts stay those of the edge that compose and Kubernetes run. `--grpc-listen` moves the
+raw gRPC listener (loopback by default: only the transcoder's calls reach it); the edge's own calls to it
+follow.
 
 Usage: python deploy/envoy/render.py --descriptors OUT.pb --listen 127.0.0.1:8080 \
-           [--upstream store=127.0.0.1:12435 ...] > envoy-local.yaml
+           [--grpc-listen 127.0.0.1:8081] [--upstream store=127.0.0.1:12435 ...] > envoy-local.yaml
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 
 ENVOY_YAML = pathlib.Path(__file__).resolve().with_name("envoy.yaml")
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+HTTP_MANAGER = "envoy.filters.network.http_connection_manager"
 # The upstreams the edge routes to, as the local launcher starts them.
 LOCAL_UPSTREAMS = {
     "gateway": "127.0.0.1:12434",
@@ -51,13 +54,21 @@ def http_managers(config: dict[str, Any]) -> list[dict[str, Any]]:
         for listener in config["static_resources"]["listeners"]
         for chain in listener["filter_chains"]
         for f in chain["filters"]
-        if f["name"] == "envoy.filters.network.http_connection_manager"
+        if f["name"] == HTTP_MANAGER
     ]
 
 
+def routes(config: dict[str, Any], listener: str) -> list[dict[str, Any]]:
+    """A listener's routes, in match order."""
+    (item,) = [item for item in config["static_resources"]["listeners"] if item["name"] == listener]
+    (chain,) = item["filter_chains"]
+    (manager,) = [f["typed_config"] for f in chain["filters"] if f["name"] == HTTP_MANAGER]
+    return manager["route_config"]["virtual_hosts"][0]["routes"]
+
+
 def edge_routes(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The edge listener's routes, in match order."""
-    return http_managers(config)[0]["route_config"]["virtual_hosts"][0]["routes"]
+    """The public listener's routes, in match order."""
+    return routes(config, "edge")
 
 
 def render(
@@ -66,6 +77,7 @@ def render(
     descriptors: pathlib.Path,
     upstreams: Mapping[str, str],
     listen: str | None = None,
+    grpc_listen: str | None = None,
     probes_listen: str | None = None,
     admin: str | None = None,
 ) -> dict[str, Any]:
@@ -78,6 +90,12 @@ def render(
     listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
     if listen:
         _socket(listeners["edge"]["address"], listen)
+    if grpc_listen:
+        _socket(listeners["grpc"]["address"], grpc_listen)
+        host, port = _split(grpc_listen)
+        loopback = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # the edge dials its own listener
+        _socket(clusters["edge_grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"],
+                f"{loopback}:{port}")
     if probes_listen:
         _socket(listeners["probes"]["address"], probes_listen)
     if admin:
@@ -99,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--descriptors", type=pathlib.Path, required=True, help="from build_descriptors.py")
     parser.add_argument("--listen", required=True, help="the edge's host:port (the local gateway holds 12434)")
+    parser.add_argument("--grpc-listen", default="127.0.0.1:12439",
+                        help="the raw gRPC listener (loopback unless you mean to offer raw gRPC)")
     parser.add_argument("--probes-listen", default="127.0.0.1:9902")
     parser.add_argument("--admin", default="127.0.0.1:9901")
     parser.add_argument(
@@ -114,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         descriptors=args.descriptors.resolve(),
         upstreams=upstreams,
         listen=args.listen,
+        grpc_listen=args.grpc_listen,
         probes_listen=args.probes_listen,
         admin=args.admin,
     )

@@ -29,7 +29,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelrunner.distribution import credentials
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
+from modelrunner.store.upload import package_files
 from tests.support.deploy_scripts import build_descriptors, render
+from tests.support.packaging import package_over_http
 from tests.support.registry import REGISTRY_BIN, Registry, dmr_artifact, upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,9 +199,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator
             process = local.start(name)
             wait_serving(process, process.env["MODELRUNNER_LISTEN"])
         with grpc.insecure_channel(local.address("store", 12435)) as channel:
-            store_pb2_grpc.StoreStub(channel).PackageModel(
-                store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name=MODEL), timeout=60
-            )
+            package_files(store_pb2_grpc.StoreStub(channel), [tiny_gguf], MODEL, timeout=60)
         yield local
     finally:
         local.stop()
@@ -208,6 +208,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator
 @dataclass
 class Edge:
     url: str
+    grpc: str  # host:port of the raw gRPC listener (loopback, as in the image)
     admin: str
     log: Path
 
@@ -227,12 +228,13 @@ def running_edge(stack: LocalCompose, tmp: Path, ordinary_timeout_s: float | Non
             "runner": stack.address("runner", 12437),
         },
         listen=f"127.0.0.1:{free_port()}",
+        grpc_listen=f"127.0.0.1:{free_port()}",
         probes_listen=f"127.0.0.1:{free_port()}",
         admin=f"127.0.0.1:{free_port()}",
     )
     if ordinary_timeout_s is not None:
         routes = render.edge_routes(config)
-        ordinary = [r["route"] for r in routes if r["route"].get("timeout") not in (None, "0s")]
+        ordinary = [r["route"] for r in routes if r.get("route", {}).get("timeout") not in (None, "0s")]
         assert ordinary, "envoy.yaml bounds its ordinary routes"
         for route in ordinary:
             route["timeout"] = f"{ordinary_timeout_s:.3f}s"
@@ -258,7 +260,7 @@ def running_edge(stack: LocalCompose, tmp: Path, ordinary_timeout_s: float | Non
             assert time.monotonic() < deadline, process.log.read_text()[-4000:]
             time.sleep(0.2)
         admin = config["admin"]["address"]["socket_address"]["port_value"]
-        yield Edge(f"http://127.0.0.1:{port['edge']}", f"http://127.0.0.1:{admin}", process.log)
+        yield Edge(f"http://127.0.0.1:{port['edge']}", f"127.0.0.1:{port['grpc']}", f"http://127.0.0.1:{admin}", process.log)
     finally:
         process.stop()
 
@@ -314,7 +316,7 @@ def test_compose_environment_names_only_settings_the_services_read(stack: LocalC
         read = set(re.findall(r"env\s+(MODELRUNNER_\w+)", help_text))
         assert read, f"{name} --help lists no MODELRUNNER_* variables"
         if name == "distribution":  # secrets are read from the environment only, never flags
-            read |= {credentials.ENV_USER, credentials.ENV_PASSWORD}
+            read |= {credentials.ENV_USER, credentials.ENV_PASSWORD, credentials.ENV_HOST}
         assert set(stack.processes[name].env) <= read, f"{name} is given settings it never reads"
 
 
@@ -398,7 +400,8 @@ def test_models_through_the_transcoder_match_the_gateway(edge: Edge) -> None:
 
 
 def test_grpc_reaches_each_service_through_envoy(edge: Edge) -> None:
-    with grpc.insecure_channel(edge.url.removeprefix("http://")) as channel:
+    """Through the edge's raw gRPC listener (loopback unless the operator opens it)."""
+    with grpc.insecure_channel(edge.grpc) as channel:
         models = store_pb2_grpc.StoreStub(channel).ListModels(store_pb2.ListModelsRequest(), timeout=10)
         assert [t for m in models.models for t in m.tags] == [f"docker.io/{MODEL}"]
         status = runner_pb2_grpc.RunnerStub(channel).Status(runner_pb2.StatusRequest(), timeout=10)
@@ -447,10 +450,7 @@ def test_gateway_metrics_feed_every_dashboard_panel(stack: LocalCompose) -> None
 
 def test_transcoder_serves_each_services_annotations(edge: Edge, tiny_gguf: Path) -> None:
     """POST with a body, DELETE, and the Runner's and the Distribution's routes, all by Envoy alone."""
-    packaged = httpx.post(
-        f"{edge.url}/models/package", headers=TRANSCODE, json={"gguf_path": str(tiny_gguf), "name": "ai/copy:1"},
-        timeout=30,
-    )
+    packaged = package_over_http(edge.url, tiny_gguf, "ai/copy:1", headers=TRANSCODE, timeout=30)
     assert packaged.status_code == 200, packaged.text
     assert packaged.json()["tags"] == ["docker.io/ai/copy:1"]
     deleted = httpx.delete(f"{edge.url}/models/ai/copy:1", headers=TRANSCODE, timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,24 @@ def test_envoy_upstreams_are_the_compose_services_ports() -> None:
         assert socket["address"] == cluster["name"]
         port = config[cluster["name"]]["environment"][listen[cluster["name"]]].rpartition(":")[2]
         assert socket["port_value"] == int(port), cluster["name"]
+
+
+def image_healthcheck(service: dict[str, Any]) -> list[str]:
+    """The HEALTHCHECK command of the Dockerfile a compose service builds (compose runs it unless the
+    service overrides it with a `healthcheck:` of its own)."""
+    text = Path(service["build"]["context"], service["build"]["dockerfile"]).read_text().replace("\\\n", " ")
+    found = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])\s*$", text, re.MULTILINE)
+    assert found, f"{service['build']['dockerfile']} has no HEALTHCHECK"
+    return json.loads(found.group(1))
+
+
+def test_every_service_restarts_and_is_health_checked_on_its_own_port(variant: tuple[str, dict[str, Any]]) -> None:
+    _, config = variant
+    for name, svc in config["services"].items():
+        assert svc["restart"] == "unless-stopped", name
+        command = svc["healthcheck"]["test"][1:] if "healthcheck" in svc else image_healthcheck(svc)
+        assert not svc.get("healthcheck", {}).get("disable"), name
+        if name == "envoy":
+            continue  # Envoy's admin /ready, on the port envoy.yaml's admin listens on
+        listen_port = svc["environment"]["MODELRUNNER_LISTEN"].rpartition(":")[2]
+        assert command[2] == f"127.0.0.1:{listen_port}", f"{name} checks {command[2]}, listens on {listen_port}"

@@ -126,3 +126,17 @@ def test_gpu_overlay_schedules_the_runner_on_nvidia_nodes() -> None:
     assert runner["readinessProbe"]["grpc"]["port"] == 12437  # the base's probes survive the patch
     base = {(r["kind"], r["metadata"]["name"]): r for r in kustomize(VARIANTS["base"])}
     assert "nodeSelector" not in pod_spec(base, "models")
+
+
+def test_every_container_restarts_and_its_probes_hit_its_own_ports(rendered: dict) -> None:
+    """Kubernetes restarts a container that exits or fails liveness only where restartPolicy is Always
+    (a Deployment's only choice); a probe on a port the container does not open would restart it forever."""
+    for (kind, name), resource in rendered.items():
+        if kind == "Deployment":
+            assert resource["spec"]["template"]["spec"].get("restartPolicy", "Always") == "Always", name
+    for name, container in containers(rendered).items():
+        ports = {p["containerPort"] for p in container["ports"]}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in container:
+                target = container[probe].get("grpc") or container[probe].get("httpGet")
+                assert target["port"] in ports, f"{name}: {probe} on {target['port']}, not one of {ports}"

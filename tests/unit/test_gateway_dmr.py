@@ -80,11 +80,13 @@ async def test_create_of_absent_model_is_404_before_streaming(gw):
 
 async def test_package_body_and_wrong_type(gw):
     client, fakes = gw
-    ok = await client.post("/models/package", json={"gguf_path": "/tmp/x.gguf", "name": "ai/x", "context_size": 128})
+    gguf = {"digest": "sha256:" + "ab" * 32, "name": "x.gguf"}
+    ok = await client.post("/models/package", json={"gguf": [gguf], "name": "ai/x", "context_size": 128})
     assert ok.status_code == 200 and fakes.store.packaged.context_size == 128
-    bad = await client.post("/models/package", json={"gguf_path": "/tmp/x.gguf", "context_size": "big"})
+    assert fakes.store.packaged.gguf[0].digest == gguf["digest"] and fakes.store.packaged.gguf[0].name == "x.gguf"
+    bad = await client.post("/models/package", json={"gguf": [gguf], "context_size": "big"})
     assert bad.status_code == 400 and "context_size" in bad.json()["error"]["message"]
-    malformed = await client.post("/models/package", content=b"{nope")
+    malformed = await client.post("/models/package", content=b"{nope", headers={"content-type": "application/json"})
     assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json"
 
 
@@ -113,3 +115,27 @@ async def test_openapi_documents_every_route(gw):
     assert "201" in paths["/models/{source}/tag"]["post"]["responses"]
     assert paths["/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "array"
     assert "from" in paths["/models/create"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+
+@pytest.mark.parametrize("field", ["gguf_path", "license_path", "chat_template_path"])
+async def test_package_with_a_server_path_is_refused_by_name(gw, field):
+    """A web page once made /etc/shadow a model blob: no packaging request may name a server file."""
+    client, fakes = gw
+    fakes.store.packaged = None
+    reply = await client.post("/models/package", json={"name": "ai/x", field: "/etc/shadow"})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == field
+    assert "PUT /models/blobs/{digest}" in reply.json()["error"]["message"]
+    assert fakes.store.packaged is None
+
+
+async def test_blob_upload_needs_a_digest_and_a_length(gw):
+    client, _ = gw
+    bad = await client.put("/models/blobs/latest", content=b"GGUF", headers={"Content-Type": "application/octet-stream"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "digest"
+
+    async def chunked():
+        yield b"GGUF"
+
+    unsized = await client.put("/models/blobs/sha256:" + "ab" * 32, content=chunked(),
+                               headers={"Content-Type": "application/octet-stream"})
+    assert unsized.status_code == 411 and "Content-Length" in unsized.json()["error"]["message"]
