@@ -107,5 +107,5 @@ class ChatRenderer:
             )
         except TemplateError:
             raise
-        except jinja2.TemplateError as exc:
+        except Exception as exc:  # the template is the model's code: whatever it raises is its failure
             raise TemplateError(f"the chat template ({self.format.source}) failed: {exc}") from exc

@@ -75,7 +75,8 @@ class Sampler:
             values = values - freq * self.options.frequency_penalty - self.options.presence_penalty
             logits[ids] = values
         if self._bias_ids.size:
-            logits[self._bias_ids] += self._bias_values
+            biased = logits[self._bias_ids] + self._bias_values
+            logits[self._bias_ids] = np.where(np.isnan(biased), -np.inf, biased)  # a NaN bias bans
 
     def sample(self, logits: np.ndarray) -> Sampled:
         """Picks the next token; `prepare` (and any grammar) has already been applied."""

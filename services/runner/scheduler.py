@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,9 +21,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from modelrunner.runner.backends.base import LoadedModel
+from modelrunner.runner.backends.base import Grammar, LoadedModel
 from modelrunner.runner.metrics import RunnerMetrics
-from modelrunner.runner.sampling import Sampler, SamplingOptions
+from modelrunner.runner.sampling import Sampled, Sampler, SamplingOptions
 from modelrunner.runner.slots import Slots
 from modelrunner.runner.textstream import TextStream
 
@@ -39,7 +40,56 @@ class QueueFull(Exception):
 
 
 class GenerationError(Exception):
-    """The engine failed while decoding (not the request's fault)."""
+    """The engine failed while decoding (not the request's fault). `retryable`: the model went away
+    (unloaded, its decode loop died), so the same request may succeed later."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Admission:
+    """The requests in flight for one model (running or queued), against its slots and queue bound.
+
+    A place is taken in one call and given back once (Place.release is idempotent), whichever way the
+    request ends: rejected before it is queued, finished, cancelled, failed, or its model unloaded.
+    """
+
+    def __init__(self, slots: int, max_queue: int, name: str) -> None:
+        self.slots = slots
+        self.max_queue = max_queue
+        self.name = name
+        self.count = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def place(self) -> Iterator[Place]:
+        """A place for one request; given back at once if the block raises (the request never queued)."""
+        with self._lock:
+            waiting = self.count - self.slots
+            if waiting >= self.max_queue:
+                raise QueueFull(f"queue full: {waiting} requests waiting for {self.name}; retry later")
+            self.count += 1
+        taken = Place(self)
+        try:
+            yield taken
+        except BaseException:
+            taken.release()
+            raise
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+class Place:
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission._give_back()
 
 
 @dataclass(frozen=True)
@@ -52,7 +102,7 @@ class Job:
     stop: tuple[str, ...] = ()
     stop_tokens: frozenset[int] = frozenset()  # in addition to the model's end-of-generation tokens
     ignore_eos: bool = False
-    grammar: str | None = None  # GBNF, root rule "root"
+    grammar: Grammar | None = None  # compiled for this request; the scheduler closes it when the job ends
 
 
 @dataclass
@@ -60,19 +110,23 @@ class Chunk:
     text: str = ""
     logprobs: list = field(default_factory=list)  # sampling.Sampled, one per token with logprobs on
     finish_reason: str = ""  # "stop" | "length" on the last chunk
+    stop_sequence: str = ""  # the stop string that ended it, with finish_reason "stop"
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens, those the slot's KV cells already held
     completion_tokens: int = 0
     error: str = ""
+    error_retryable: bool = True
 
     def merge(self, later: Chunk) -> None:
         self.text += later.text
         self.logprobs.extend(later.logprobs)
         self.finish_reason = later.finish_reason
+        self.stop_sequence = later.stop_sequence
         self.prompt_tokens = later.prompt_tokens
         self.cached_tokens = later.cached_tokens
         self.completion_tokens = later.completion_tokens
         self.error = later.error
+        self.error_retryable = later.error_retryable
 
 
 class Stream:
@@ -102,7 +156,7 @@ class Stream:
             chunk.merge(self._queue.get_nowait())
         if chunk.error:
             self.done = True
-            raise GenerationError(chunk.error)
+            raise GenerationError(chunk.error, chunk.error_retryable)
         if chunk.finish_reason:
             self.done = True
         return chunk
@@ -144,12 +198,13 @@ class Arrivals:
 class _Sequence:
     __slots__ = (
         "stream", "job", "slot", "fed", "n_past", "last", "logits_row", "sampler", "text", "grammar",
-        "generated", "submitted", "last_emit", "stop_tokens", "outputs", "cached",
+        "generated", "submitted", "last_emit", "stop_tokens", "outputs", "cached", "place",
     )
 
     def __init__(self, stream: Stream, job: Job, stop_tokens: frozenset[int], vocab_size: int) -> None:
         self.stream = stream
         self.job = job
+        self.place: Place | None = None
         self.slot = -1
         self.fed = 0          # prompt tokens placed in a batch
         self.n_past = 0       # tokens in the KV cache
@@ -157,7 +212,7 @@ class _Sequence:
         self.logits_row = -1
         self.sampler = Sampler(job.sampling, vocab_size)
         self.text = TextStream(job.stop)
-        self.grammar = None
+        self.grammar = job.grammar
         self.generated = 0
         self.submitted = time.perf_counter()
         self.last_emit = 0.0
@@ -192,8 +247,7 @@ class Scheduler:
         self._arrivals = arrivals
         self._gathering = False
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._in_flight = 0
+        self._admission = Admission(self.slots, max_queue, name)
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._slot_pool = Slots(self.slots, keep_prompts)
@@ -207,7 +261,7 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         """Requests submitted and not finished (running or queued)."""
-        return self._in_flight
+        return self._admission.count
 
     @property
     def busy_slots(self) -> int:
@@ -215,26 +269,32 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return max(0, self._in_flight - len(self._active))
+        return max(0, self._admission.count - len(self._active))
 
     def submit(self, job: Job) -> Stream:
-        """Queues a job; raises QueueFull when `max_queue` requests already wait."""
-        if not job.prompt:
-            raise ValueError("the prompt is empty")
-        if len(job.prompt) >= self.context_size:
-            raise ValueError(
-                f"the prompt has {len(job.prompt)} tokens but the context holds {self.context_size} "
-                "tokens: shorten the prompt or configure a larger context size"
-            )
-        with self._lock:
-            waiting = self._in_flight - self.slots
-            if waiting >= self.max_queue:
-                raise QueueFull(f"queue full: {waiting} requests waiting for {self.name}; retry later")
-            self._in_flight += 1
-        stream = Stream(self, asyncio.get_running_loop())
-        stop_tokens = job.stop_tokens if job.ignore_eos else job.stop_tokens | self.model.facts.stop_tokens
-        seq = _Sequence(stream, job, stop_tokens, self.model.facts.vocab_size)
-        self._commands.put(seq)
+        """Queues a job; raises QueueFull when `max_queue` requests already wait, ValueError when the
+        job cannot run, GenerationError when the decode loop is gone. The scheduler owns the job's
+        grammar from here on, even when it refuses the job."""
+        try:
+            if self._closing or not self._thread.is_alive():
+                raise GenerationError(f"the engine of {self.name} is not running; retry to load it again")
+            if not job.prompt:
+                raise ValueError("the prompt is empty")
+            if len(job.prompt) >= self.context_size:
+                raise ValueError(
+                    f"the prompt has {len(job.prompt)} tokens but the context holds {self.context_size} "
+                    "tokens: shorten the prompt or configure a larger context size"
+                )
+            stream = Stream(self, asyncio.get_running_loop())
+            stop_tokens = job.stop_tokens if job.ignore_eos else job.stop_tokens | self.model.facts.stop_tokens
+            seq = _Sequence(stream, job, stop_tokens, self.model.facts.vocab_size)
+            with self._admission.place() as place:
+                seq.place = place
+                self._commands.put(seq)
+        except BaseException:
+            if job.grammar is not None:
+                job.grammar.close()
+            raise
         return stream
 
     def close(self) -> None:
@@ -244,6 +304,7 @@ class Scheduler:
             self._arrivals.ignore(self._wake_gathering)
         self._wake()
         self._thread.join()
+        self._fail_all("the model was unloaded")  # any submitted while the thread stopped
         self.model.close()
 
     def _wake(self) -> None:
@@ -322,13 +383,6 @@ class Scheduler:
     def _admit(self) -> None:
         while self._waiting and self._slot_pool:
             seq = self._waiting.popleft()
-            if seq.job.grammar:
-                try:
-                    seq.grammar = self.model.grammar(seq.job.grammar)
-                except ValueError as exc:
-                    self._finished(seq)
-                    self._deliver([(seq.stream, Chunk(error=f"invalid grammar: {exc}"))])
-                    continue
             self._assign_slot(seq)
             self._active.append(seq)
             if self._metrics is not None:
@@ -393,7 +447,13 @@ class Scheduler:
             else:
                 seq.n_past += added
                 seq.outputs.append(seq.last)
-            chunk = self._next_token(seq, now)
+            try:
+                chunk = self._next_token(seq, now)
+            except Exception as exc:  # this sequence's sampling broke: fail it alone, the others go on
+                log.exception("sampling failed", extra={"fields": {"model": self.name}})
+                if seq in self._active:
+                    self._release(seq, keep=False)
+                chunk = Chunk(error=f"sampling failed: {exc}", error_retryable=False)
             if chunk is not None:
                 out.append((seq.stream, chunk))
         if out:
@@ -401,11 +461,13 @@ class Scheduler:
 
     def _next_token(self, seq: _Sequence, now: float) -> Chunk | None:
         row = self.model.logits(seq.logits_row)
-        if seq.grammar is not None:
-            seq.grammar.apply(row)
         seq.sampler.prepare(row)
-        sampled = seq.sampler.sample(row)
+        sampled = self._sample(seq, row)
         token = sampled.token
+        if not row[token] > -math.inf:  # -inf or NaN
+            # Nothing is legal (a finished JSON value with end of generation banned): the answer is
+            # complete. Feeding the grammar an illegal token would abort the process.
+            return self._final(seq, "stop", seq.text.flush())
         seq.generated += 1
         self._observe_timing(seq, now)
         if token in seq.stop_tokens:
@@ -423,6 +485,24 @@ class Scheduler:
         if not text and not logprobs:
             return None
         return Chunk(text=text, logprobs=logprobs)
+
+    @staticmethod
+    def _sample(seq: _Sequence, row) -> Sampled:
+        """Samples from the row the penalties and biases prepared, under the grammar's mask: what is
+        sampled is always legal. As llama.cpp's own sampler does, the pick is checked against the
+        grammar first (one token, where the mask is the whole vocabulary: 262k tokens for Gemma) and
+        the row masked only when the pick is illegal. For greedy sampling that is the same choice; a
+        stochastic pick differs from sampling the masked row only in where top-k/top-p cut, as in
+        llama.cpp. Logprobs need the masked row."""
+        grammar = seq.grammar
+        if grammar is None:
+            return seq.sampler.sample(row)
+        if seq.job.sampling.logprobs < 0:
+            sampled = seq.sampler.sample(row)
+            if row[sampled.token] > -math.inf and grammar.allows(sampled.token):
+                return sampled
+        grammar.apply(row)
+        return seq.sampler.sample(row)
 
     def _observe_timing(self, seq: _Sequence, now: float) -> None:
         if self._metrics is None:
@@ -442,6 +522,7 @@ class Scheduler:
             text=text,
             logprobs=logprobs or [],
             finish_reason=reason,
+            stop_sequence=seq.text.stop_sequence,
             prompt_tokens=len(seq.job.prompt),
             cached_tokens=seq.cached,
             completion_tokens=seq.generated,
@@ -453,14 +534,16 @@ class Scheduler:
         self._active.remove(seq)
         if not self._slot_pool.release(seq.slot, seq.kv_tokens() if keep else None):
             self.model.clear_sequence(seq.slot)
+        self._finished(seq)
+
+    @staticmethod
+    def _finished(seq: _Sequence) -> None:
+        """Every way out of the scheduler ends here: the place and the grammar are given back."""
         if seq.grammar is not None:
             seq.grammar.close()
             seq.grammar = None
-        self._finished(seq)
-
-    def _finished(self, seq: _Sequence) -> None:
-        with self._lock:
-            self._in_flight -= 1
+        if seq.place is not None:
+            seq.place.release()
 
     def _fail_all(self, message: str) -> None:
         out = []

@@ -1,89 +1,30 @@
-"""The Runner's gRPC servicer: requests to jobs, chunks to messages, errors to statuses."""
+"""The Runner's gRPC servicer: requests to jobs, chunks to messages, errors to statuses.
+
+The jobs around it have modules of their own: validation.py (every field, once), jobs.py (chat
+rendering, tokens, sampling options), grammars.py (response formats), held_answer.py (tool calls),
+logprobs.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.common.names import parse_reference
+from modelrunner.runner import rerank, token_count
+from modelrunner.runner.grammars import grammar_for
+from modelrunner.runner.held_answer import AnswerRelay, tools_offered
+from modelrunner.runner.jobs import build_job
+from modelrunner.runner.logprobs import logprobs_message
 from modelrunner.runner.manager import Loaded, ModelManager
 from modelrunner.runner.model_settings import ModelConfig
-from modelrunner.runner.sampling import (
-    DEFAULT_MIN_P,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_K,
-    DEFAULT_TOP_P,
-    Sampled,
-    SamplingOptions,
-)
-from modelrunner.runner.scheduler import GenerationError, Job, QueueFull
-from modelrunner.runner.textstream import TextStream
-from modelrunner.runner.tool_calls import parse_tool_calls
+from modelrunner.runner.scheduler import GenerationError, QueueFull
+from modelrunner.runner.validation import check_embed, check_generate, check_load_options, check_model
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
-
-MAX_TOP_LOGPROBS = 20
-BASE_MODEL_CHAT_MAX_TOKENS = 256
-
-
-def sampling_options(p: runner_pb2.SamplingParams, logprobs: int, banned: frozenset[int]) -> SamplingOptions:
-    def opt(name: str, default):
-        return getattr(p, name) if p.HasField(name) else default
-
-    temperature = opt("temperature", DEFAULT_TEMPERATURE)
-    if temperature < 0:
-        raise invalid(f"temperature must be >= 0, not {temperature}")
-    top_p = opt("top_p", DEFAULT_TOP_P)
-    if not 0 < top_p <= 1:
-        raise invalid(f"top_p must be in (0, 1], not {top_p}")
-    return SamplingOptions(
-        temperature=temperature,
-        top_k=opt("top_k", DEFAULT_TOP_K),
-        top_p=top_p,
-        min_p=opt("min_p", DEFAULT_MIN_P),
-        seed=opt("seed", None),
-        repeat_penalty=opt("repeat_penalty", 1.0),
-        presence_penalty=opt("presence_penalty", 0.0),
-        frequency_penalty=opt("frequency_penalty", 0.0),
-        logit_bias=dict(p.logit_bias),
-        banned_tokens=banned,
-        logprobs=logprobs,
-    )
-
-
-def grammar_for(fmt: runner_pb2.ResponseFormat) -> str | None:
-    if fmt.type in ("", "text"):
-        return None
-    if fmt.type == "json_object":
-        return JSON_GBNF
-    if fmt.type == "json_schema":
-        try:
-            json.loads(fmt.json_schema)
-            return json_schema_to_gbnf(fmt.json_schema)
-        except Exception as exc:  # the converter raises bare errors on schemas it cannot express
-            raise invalid(f"response_format.json_schema cannot be used: {exc}") from exc
-    raise invalid(f"unknown response_format type {fmt.type!r}: use text, json_object or json_schema")
-
-
-def messages_of(chat: runner_pb2.Chat) -> list[dict]:
-    out = []
-    for m in chat.messages:
-        msg: dict = {"role": m.role, "content": m.content}
-        if m.name:
-            msg["name"] = m.name
-        if m.tool_call_id:
-            msg["tool_call_id"] = m.tool_call_id
-        if m.tool_calls:
-            msg["tool_calls"] = [
-                {"id": c.id, "type": c.type or "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in m.tool_calls
-            ]
-        out.append(msg)
-    return out
 
 
 class RunnerService(runner_pb2_grpc.RunnerServicer):
@@ -93,150 +34,72 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     async def Generate(
         self, request: runner_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runner_pb2.GenerateChunk]:
-        if not request.model:
-            raise invalid("model is required")
-        if request.WhichOneof("input") is None:
-            raise invalid("either chat or prompt is required")
-        if request.sampling.max_tokens < 0:
-            raise invalid(f"max_tokens must be >= 0, not {request.sampling.max_tokens}")
+        check_generate(request)
         async with self.manager.acquire(request.model, request.keep_alive) as entry:
-            job = self._job(request, entry)
+            job = build_job(request, entry)
+            job = dataclasses.replace(job, grammar=await grammar_for(request.response_format, entry.model))
             try:
                 stream = entry.scheduler.submit(job)
             except QueueFull as exc:
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
             except ValueError as exc:
                 raise invalid(str(exc)) from exc
-            # The client going away or the deadline passing cancels the call: free the slot at once.
-            context.add_done_callback(lambda _ctx: stream.cancel())
-            # With tools offered, the answer is held until it is complete: only then can it be told
-            # apart from a tool call.
-            held: list[str] | None = [] if self._tools_offered(request) else None
-            first = True
+            except GenerationError as exc:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
             try:
+                # The client going away or the deadline passing cancels the call: free the slot at once.
+                context.add_done_callback(lambda _ctx: stream.cancel())
+                relay = AnswerRelay(hold=tools_offered(request))
+                first = True
                 async for chunk in stream:
-                    msg = runner_pb2.GenerateChunk(text=chunk.text, finish_reason=chunk.finish_reason)
+                    msg = runner_pb2.GenerateChunk(text=relay.delta(chunk.text), finish_reason=chunk.finish_reason,
+                                                   stop_sequence=chunk.stop_sequence)
                     if first:
                         msg.model = entry.name
                         first = False
                     if chunk.logprobs:
-                        msg.logprobs.extend(self._logprobs(entry, chunk.logprobs))
-                    if held is not None:
-                        held.append(chunk.text)
-                        msg.text = ""
+                        msg.logprobs.extend(logprobs_message(entry.model, chunk.logprobs))
                     if chunk.finish_reason:
                         msg.usage.prompt_tokens = chunk.prompt_tokens
                         msg.usage.completion_tokens = chunk.completion_tokens
                         msg.usage.cached_prompt_tokens = chunk.cached_tokens
-                        if held is not None:
-                            self._finish_with_tool_calls(msg, "".join(held))
+                        relay.finish(msg)
                     if msg.text or msg.finish_reason or msg.model or msg.logprobs:
                         yield msg
             except GenerationError as exc:
-                raise ServiceError(grpc.StatusCode.INTERNAL, f"generation failed: {exc}") from exc
+                code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.INTERNAL
+                raise ServiceError(code, f"generation failed: {exc}") from exc
             finally:
                 stream.cancel()
 
-    @staticmethod
-    def _tools_offered(request: runner_pb2.GenerateRequest) -> bool:
-        if request.WhichOneof("input") != "chat" or not request.chat.tools_json:
-            return False
-        return request.chat.tool_choice_json.strip() != '"none"'
-
-    @staticmethod
-    def _finish_with_tool_calls(msg: runner_pb2.GenerateChunk, answer: str) -> None:
-        """Puts the held answer in the last chunk, as tool calls when it is made of them."""
-        content, calls = parse_tool_calls(answer)
-        msg.text = content
-        if calls:
-            msg.finish_reason = "tool_calls"
-            msg.tool_calls.extend(
-                runner_pb2.ToolCall(id=c.id, type="function", name=c.name, arguments=c.arguments) for c in calls
-            )
-
-    @staticmethod
-    def _default_max_tokens(request: runner_pb2.GenerateRequest, entry: Loaded) -> int:
-        """0 (until end of generation or a full context), except for a chat with a base model.
-
-        A model without a chat template of its own (the bundled Gemma 3 270M is one) is not trained to
-        end a turn, so a chat with no max_tokens would run on until the context is full: minutes of
-        repetition. Such chats get BASE_MODEL_CHAT_MAX_TOKENS, and finish_reason "length" says so.
-        """
-        builtin = entry.renderer is not None and entry.renderer.format.source.startswith("builtin:")
-        return BASE_MODEL_CHAT_MAX_TOKENS if builtin and request.WhichOneof("input") == "chat" else 0
-
-    def _job(self, request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
-        model = entry.model
-        if request.WhichOneof("input") == "chat":
-            if not request.chat.messages:
-                raise invalid("chat.messages is empty")
-            if entry.renderer is None:
-                raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{entry.name} has no usable chat template: send a raw prompt instead",
-                )
-            try:
-                tools = json.loads(request.chat.tools_json) if request.chat.tools_json else None
-            except ValueError as exc:
-                raise invalid(f"tools is not valid JSON: {exc}") from exc
-            try:
-                text = entry.renderer.render(messages_of(request.chat), tools)
-            except ValueError as exc:
-                raise invalid(f"cannot format the chat: {exc}") from exc
-        else:
-            text = request.prompt
-        bos = model.facts.bos_text
-        prompt = model.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
-        top = min(max(request.top_logprobs, 0), MAX_TOP_LOGPROBS)
-        banned = model.facts.stop_tokens | entry.stop_tokens if request.sampling.ignore_eos else frozenset()
-        return Job(
-            prompt=prompt,
-            sampling=sampling_options(request.sampling, top if request.logprobs else -1, banned),
-            max_tokens=request.sampling.max_tokens or self._default_max_tokens(request, entry),
-            stop=tuple(request.sampling.stop),
-            stop_tokens=entry.stop_tokens,
-            ignore_eos=request.sampling.ignore_eos,
-            grammar=grammar_for(request.response_format),
-        )
-
-    @staticmethod
-    def _logprobs(entry: Loaded, sampled: list[Sampled]) -> list[runner_pb2.TokenLogprob]:
-        def text(token: int) -> str:
-            return TextStream().push(entry.model.piece(token)) or entry.model.piece(token).decode("utf-8", "replace")
-
-        return [
-            runner_pb2.TokenLogprob(
-                token=text(s.token),
-                logprob=s.logprob,
-                bytes=entry.model.piece(s.token),
-                top=[runner_pb2.TopLogprob(token=text(t), logprob=lp) for t, lp in s.top],
-            )
-            for s in sampled
-        ]
-
     async def Embed(self, request: runner_pb2.EmbedRequest, context) -> runner_pb2.EmbedResponse:
-        if not request.model:
-            raise invalid("model is required")
-        if not request.inputs:
-            raise invalid("inputs is empty")
+        check_embed(request)
         async with self.manager.acquire(request.model, request.keep_alive) as entry:
             model = entry.model
             tokens = [model.tokenize(t, add_special=True, parse_special=False) for t in request.inputs]
-            if any(not t for t in tokens):
-                raise invalid("an input is empty")
+            for i, t in enumerate(tokens):
+                if not t:
+                    raise invalid(f"inputs[{i}]: has no tokens")
             try:
                 vectors = await asyncio.to_thread(model.embed, tokens)
             except ValueError as exc:
-                raise invalid(str(exc)) from exc
+                raise invalid(f"inputs: {exc}") from exc
+            except RuntimeError as exc:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"embedding failed: {exc}") from exc
             return runner_pb2.EmbedResponse(
                 embeddings=[runner_pb2.Embedding(values=v.tolist()) for v in vectors],
                 prompt_tokens=sum(len(t) for t in tokens),
                 model=entry.name,
             )
 
+    async def Rerank(self, request: runner_pb2.RerankRequest, context) -> runner_pb2.RerankResponse:
+        return await rerank.rerank(self.manager, request)
+
+    async def Tokenize(self, request: runner_pb2.TokenizeRequest, context) -> runner_pb2.TokenizeResponse:
+        return await token_count.tokenize(self.manager, request)
+
     async def LoadModel(self, request: runner_pb2.LoadModelRequest, context) -> runner_pb2.RunnerInfo:
-        if not request.model:
-            raise invalid("model is required")
+        check_model(request.model, request.keep_alive)
         entry = await self.manager.load(request.model, request.keep_alive)
         return self._info(entry)
 
@@ -273,8 +136,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         )
 
     async def Configure(self, request: runner_pb2.ModelSettings, context) -> runner_pb2.ModelSettings:
-        if not request.model:
-            raise invalid("model is required")
+        check_model(request.model)
         reference = str(parse_reference(request.model))
         config = ModelConfig(
             context_size=request.context_size,
@@ -285,6 +147,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None,
         )
         try:
+            check_load_options(config.load_options(self.manager.config.defaults))
             await asyncio.to_thread(self.manager.settings.put, reference, config)
         except ValueError as exc:
             raise invalid(str(exc)) from exc

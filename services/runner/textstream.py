@@ -17,6 +17,7 @@ class TextStream:
         self._stop = [s for s in stop if s]
         self._held = ""
         self.stopped = False
+        self.stop_sequence = ""  # the stop string that ended the text, once `stopped`
 
     def push(self, data: bytes) -> str:
         """Adds a token's bytes; returns the text now safe to send. Sets `stopped` on a stop string."""
@@ -30,7 +31,7 @@ class TextStream:
         for stop in self._stop:
             at = pending.find(stop)
             if at != -1 and (cut == -1 or at < cut):
-                cut = at
+                cut, self.stop_sequence = at, stop
         if cut != -1:
             self._held = ""
             self.stopped = True

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.jobs import BASE_MODEL_CHAT_MAX_TOKENS
 from modelrunner.runner.manager import ManagerConfig, ModelManager
 from modelrunner.runner.model_settings import SettingsStore
-from modelrunner.runner.service import BASE_MODEL_CHAT_MAX_TOKENS, RunnerService
+from modelrunner.runner.service import RunnerService
 from modelrunner.v1 import runner_pb2
 from tests.support.runner_doubles import FakeClock, FileResolver
 from tests.support.tiny_gguf import write_tiny_gguf

@@ -47,6 +47,13 @@ def test_greedy_bias_and_top_k():
     assert {top1.sample(logits.copy()).token for _ in range(20)} == {1}
 
 
+def test_a_nan_bias_bans_its_token_instead_of_winning_argmax():
+    sampler = Sampler(SamplingOptions(temperature=0, logit_bias={1: float("nan")}), 4)
+    row = np.array([0.0, 5.0, 1.0, 4.0], dtype=np.float32)
+    sampler.prepare(row)
+    assert row[1] == -np.inf and sampler.sample(row).token == 3
+
+
 def test_seeded_sampling_is_reproducible_and_penalties_apply():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(1000).astype(np.float32)
@@ -96,3 +103,11 @@ def test_bad_keep_alive_and_flags_say_what_to_use():
     with pytest.raises(ValueError, match="supported flags are"):
         parse_runtime_flags(["--mystery", "1"])
     assert parse_runtime_flags(["--threads", "2", "--flash-attn=on"]) == {"threads": 2, "flash_attention": True}
+
+
+def test_the_stop_string_that_ended_the_text_is_named():
+    from modelrunner.runner.textstream import TextStream
+
+    stream = TextStream(["END", "ST"])
+    assert stream.push(b"a STEND") == "a "
+    assert stream.stopped and stream.stop_sequence == "ST"

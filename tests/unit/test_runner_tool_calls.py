@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from modelrunner.runner.held_answer import AnswerRelay, tools_offered
 from modelrunner.runner.tool_calls import parse_tool_calls
+from modelrunner.v1 import runner_pb2
 from tests.support.runner_doubles import chat_request
 
 
@@ -63,10 +65,28 @@ async def test_generate_returns_tool_calls_when_tools_were_offered(runner):
 
 
 async def test_tool_choice_none_streams_plain_text(runner):
+    """The answer with tool_choice "none" is the plain answer, not tool calls; that it is streamed (not
+    held) is what AnswerRelay decides, tested below without depending on how chunks coalesce."""
     stub, _ = runner
+    plain = [c async for c in stub.Generate(chat_request(max_tokens=6, ignore_eos=True))]
     request = chat_request(max_tokens=6, ignore_eos=True)
     request.chat.tools_json = json.dumps(TOOLS)
     request.chat.tool_choice_json = '"none"'
+    assert not tools_offered(request)
     chunks = [c async for c in stub.Generate(request)]
     assert chunks[-1].finish_reason == "length" and not chunks[-1].tool_calls
-    assert sum(1 for c in chunks if c.text) >= 2  # streamed, not held
+    assert "".join(c.text for c in chunks) == "".join(c.text for c in plain)
+
+
+def test_deltas_pass_at_once_unless_tools_are_offered():
+    streamed = AnswerRelay(hold=False)
+    assert [streamed.delta(t) for t in ("Hel", "lo")] == ["Hel", "lo"]  # before the final chunk
+    last = runner_pb2.GenerateChunk(text=streamed.delta("!"), finish_reason="length")
+    streamed.finish(last)
+    assert (last.text, last.finish_reason) == ("!", "length")
+
+    held = AnswerRelay(hold=True)
+    assert [held.delta(t) for t in ('{"name": "get_weather", ', '"arguments": {}}')] == ["", ""]
+    last = runner_pb2.GenerateChunk(text=held.delta(""), finish_reason="stop")
+    held.finish(last)
+    assert last.finish_reason == "tool_calls" and [c.name for c in last.tool_calls] == ["get_weather"]

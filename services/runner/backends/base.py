@@ -50,6 +50,17 @@ class ModelFacts:
     bos_text: str
     eos_text: str
     stop_tokens: frozenset[int] = field(default_factory=frozenset)  # end of generation
+    reranker: bool = False     # pools by rank: a classifier head scores (query, document) pairs
+
+
+class InputTooLong(ValueError):
+    """One input of an embed or rank call does not fit the context; `index` says which."""
+
+    def __init__(self, index: int, n_tokens: int, n_ctx: int) -> None:
+        super().__init__(f"input of {n_tokens} tokens exceeds the context of {n_ctx} tokens")
+        self.index = index
+        self.n_tokens = n_tokens
+        self.n_ctx = n_ctx
 
 
 class LoadedModel(ABC):
@@ -109,6 +120,14 @@ class LoadedModel(ABC):
         """Pooled, L2-normalised embeddings of tokenized inputs (blocking)."""
 
     @abstractmethod
+    def rank_prompt(self, query: str, document: str) -> list[int]:
+        """The tokens of one (query, document) pair laid out as the reranker was trained to read them."""
+
+    @abstractmethod
+    def rank(self, inputs: Sequence[list[int]]) -> list[float]:
+        """The relevance score of each tokenized pair (blocking); only for `facts.reranker` models."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -120,7 +139,12 @@ class Grammar(ABC):
         """Sets the logits of tokens the grammar forbids here to -inf, in place."""
 
     @abstractmethod
-    def accept(self, token: int) -> None: ...
+    def allows(self, token: int) -> bool:
+        """Whether the grammar allows `token` here: one token checked, not the whole vocabulary."""
+
+    @abstractmethod
+    def accept(self, token: int) -> None:
+        """Advances past `token`, which the grammar must allow (llama.cpp aborts on any other)."""
 
     @abstractmethod
     def close(self) -> None: ...

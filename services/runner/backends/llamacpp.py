@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 
@@ -25,9 +26,9 @@ from modelrunner.runner.backends.base import (
     MemoryEstimate,
     ModelFacts,
 )
+from modelrunner.runner.backends.llamacpp_pooling import MAX_SEQUENCES, pooled
 
 DEFAULT_MAX_CONTEXT = 8192
-EMBED_MAX_SEQUENCES = 16
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 _GGML_LOG_WARN = 3
 _GGML_LOG_ERROR = 4
@@ -187,7 +188,7 @@ class LlamaCppModel(LoadedModel):
         self._n_out = 0
         self._step_logits = np.empty((0, self._n_vocab), dtype=np.float32)
         self._pieces: dict[int, bytes] = {}
-        self._embed_ctx = None
+        self._pool_ctx: dict[bool, object] = {}  # rank pooling? -> context
         self._embed_lock = threading.Lock()
         arch = _meta(model, "general.architecture") or ""
         stop = {t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
@@ -203,6 +204,7 @@ class LlamaCppModel(LoadedModel):
             bos_text=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_text=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
             stop_tokens=frozenset(stop),
+            reranker=llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_RANK,
         )
 
     def _context_params(self, context: int, batch: int, parallel: int):
@@ -324,71 +326,73 @@ class LlamaCppModel(LoadedModel):
     def grammar(self, gbnf: str) -> LlamaCppGrammar:
         return LlamaCppGrammar(self._vocab, gbnf, self._n_vocab)
 
-    # Embeddings.
+    # Embeddings and reranking: contexts of their own (embeddings=True), made on first use.
     def embed(self, inputs: Sequence[list[int]]) -> list[np.ndarray]:
         with self._embed_lock:
-            ctx = self._embedding_context()
-            n_ctx = llama_cpp.llama_n_ctx(ctx)
-            n_embd = llama_cpp.llama_model_n_embd(self._model)
-            for tokens in inputs:
-                if len(tokens) > n_ctx:
-                    raise ValueError(f"input of {len(tokens)} tokens exceeds the context of {n_ctx} tokens")
-            batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
-            mem = llama_cpp.llama_get_memory(ctx)
-            out: list[np.ndarray] = []
-            try:
-                start = 0
-                while start < len(inputs):
-                    group, used = [], 0
-                    while start + len(group) < len(inputs) and len(group) < EMBED_MAX_SEQUENCES:
-                        tokens = inputs[start + len(group)]
-                        if group and used + len(tokens) > n_ctx:
-                            break
-                        group.append(tokens)
-                        used += len(tokens)
-                    n = 0
-                    for seq, tokens in enumerate(group):
-                        for pos, token in enumerate(tokens):
-                            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
-                            batch.seq_id[n][0], batch.logits[n] = seq, 1
-                            n += 1
-                    batch.n_tokens = n
-                    llama_cpp.llama_memory_clear(mem, True)
-                    if llama_cpp.llama_decode(ctx, batch) != 0:
-                        raise RuntimeError("llama_decode failed while embedding")
-                    for seq in range(len(group)):
-                        ptr = llama_cpp.llama_get_embeddings_seq(ctx, seq)
-                        vec = np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32)
-                        norm = float(np.linalg.norm(vec))
-                        out.append(vec / norm if norm > 0 else vec)
-                    start += len(group)
-            finally:
-                llama_cpp.llama_batch_free(batch)
-            return out
+            vectors = pooled(self._pooling_context(rank=False), inputs, llama_cpp.llama_model_n_embd(self._model))
+        norms = [float(np.linalg.norm(v)) for v in vectors]
+        return [v / norm if norm > 0 else v for v, norm in zip(vectors, norms)]
 
-    def _embedding_context(self):
-        if self._embed_ctx is None:
+    def rank_prompt(self, query: str, document: str) -> list[int]:
+        """As llama.cpp's server lays a pair out: the GGUF's `rerank` template with {query} and
+        {document} filled in (in one pass, so neither text can inject the other's placeholder), else
+        [BOS] query [EOS] [SEP] document [EOS], each special token where the vocabulary adds it."""
+        template = llama_cpp.llama_model_chat_template(self._model, b"rerank")
+        if template:
+            fill = {"{query}": query, "{document}": document}
+            text = re.sub(r"\{query\}|\{document\}", lambda m: fill[m.group(0)], template.decode("utf-8"))
+            return self.tokenize(text, add_special=False, parse_special=True)
+        vocab = self._vocab
+        eos = llama_cpp.llama_vocab_eos(vocab)
+        if eos < 0:
+            eos = llama_cpp.llama_vocab_sep(vocab)
+        add_eos = llama_cpp.llama_vocab_get_add_eos(vocab)
+        out = [llama_cpp.llama_vocab_bos(vocab)] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
+        out += self.tokenize(query, add_special=False, parse_special=False)
+        out += [eos] if add_eos else []
+        out += [llama_cpp.llama_vocab_sep(vocab)] if llama_cpp.llama_vocab_get_add_sep(vocab) else []
+        out += self.tokenize(document, add_special=False, parse_special=False)
+        out += [eos] if add_eos else []
+        return out
+
+    def rank(self, inputs: Sequence[list[int]]) -> list[float]:
+        """The first of the classifier's outputs per pair, as llama.cpp's server scores: a logit for
+        BERT-style heads, P("yes") for Qwen3 rerankers (llama.cpp softmaxes their yes/no head)."""
+        if not self.facts.reranker:
+            raise ValueError("the model does not pool by rank")
+        width = max(llama_cpp.llama_model_n_cls_out(self._model), 1)
+        with self._embed_lock:
+            scores = pooled(self._pooling_context(rank=True), inputs, width)
+        return [float(s[0]) for s in scores]
+
+    def _pooling_context(self, *, rank: bool):
+        """Rank pooling for rank(); for embed(), the model's own pooling (an embedding model's) or mean
+        pooling (a generative model's, or a reranker's, whose own pooling yields scores, not vectors)."""
+        if self._pool_ctx.get(rank) is None:
             context = min(self.facts.context_size, DEFAULT_MAX_CONTEXT)
-            cparams = self._context_params(context, context, EMBED_MAX_SEQUENCES)
+            cparams = self._context_params(context, context, MAX_SEQUENCES)
             cparams.embeddings = True
             has_pooling = _meta(self._model, f"{self.facts.architecture}.pooling_type") is not None
-            cparams.pooling_type = (
-                llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED if has_pooling else llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            )
-            self._embed_ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-            if not self._embed_ctx:
-                self._embed_ctx = None
-                raise RuntimeError("llama.cpp could not create an embedding context")
-        return self._embed_ctx
+            if rank:
+                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_RANK
+            elif has_pooling and not self.facts.reranker:
+                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+            else:
+                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+            if not ctx:
+                raise RuntimeError(f"llama.cpp could not create a{' rank' if rank else 'n embedding'} context")
+            self._pool_ctx[rank] = ctx
+        return self._pool_ctx[rank]
 
     def close(self) -> None:
         if self._ctx:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
-        if self._embed_ctx:
-            llama_cpp.llama_free(self._embed_ctx)
-            self._embed_ctx = None
+        for ctx in self._pool_ctx.values():
+            llama_cpp.llama_free(ctx)
+        self._pool_ctx.clear()
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -409,6 +413,10 @@ class LlamaCppGrammar(Grammar):
             selected=-1,
             sorted=False,
         )
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self._one_array = llama_cpp.llama_token_data_array(
+            data=self._one.ctypes.data_as(llama_cpp.llama_token_data_p), size=1, selected=-1, sorted=False
+        )
 
     def apply(self, logits: np.ndarray) -> None:
         self._data["logit"] = logits
@@ -417,6 +425,13 @@ class LlamaCppGrammar(Grammar):
         self._array.sorted = False
         llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._array))
         logits[:] = self._data["logit"]
+
+    def allows(self, token: int) -> bool:
+        self._one[0] = (token, 0.0, 0.0)
+        self._one_array.size = 1
+        self._one_array.selected = -1
+        llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._one_array))
+        return bool(np.isfinite(self._one["logit"][0]))
 
     def accept(self, token: int) -> None:
         llama_cpp.llama_sampler_accept(self._sampler, token)

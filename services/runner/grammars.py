@@ -1,0 +1,58 @@
+"""Grammar choice: a response_format becomes the grammar that constrains one request's sampling.
+
+A schema is converted to GBNF in a small thread pool, never on the event loop (a large schema takes
+a while) nor on the decode thread (every stream of the model would wait), bounded in size by the
+converter and in time here, and cached per schema text. The GBNF is compiled for the model in the
+same pool; the compiled grammar is per request, since it tracks where the answer is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
+from modelrunner.runner.backends.base import Grammar, LoadedModel
+from modelrunner.runner.json_schema_gbnf import UnsupportedSchema, schema_to_gbnf
+from modelrunner.runner.validation import field_error
+from modelrunner.v1 import runner_pb2
+
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+CACHE_SIZE = 128
+CONVERT_TIMEOUT_S = 10.0
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def gbnf_for_schema(schema_text: str) -> str:
+    """The GBNF of a schema, cached (blocking: call it in the pool)."""
+    return schema_to_gbnf(schema_text)
+
+
+async def grammar_for(fmt: runner_pb2.ResponseFormat, model: LoadedModel) -> Grammar | None:
+    """The compiled grammar for `fmt` (None: free text); INVALID_ARGUMENT naming what to change."""
+    if fmt.type in ("", "text"):
+        return None
+    schema = JSON_OBJECT_SCHEMA if fmt.type == "json_object" else fmt.json_schema
+    field = "response_format.json_schema"
+    loop = asyncio.get_running_loop()
+    try:
+        gbnf = await asyncio.wait_for(loop.run_in_executor(_pool, gbnf_for_schema, schema), CONVERT_TIMEOUT_S)
+    except UnsupportedSchema as exc:
+        raise field_error(field, str(exc)) from None
+    except TimeoutError:
+        raise field_error(field, f"took more than {CONVERT_TIMEOUT_S:g} s to convert: simplify it") from None
+    return await _compile(loop, model, gbnf, field)
+
+
+async def _compile(loop: asyncio.AbstractEventLoop, model: LoadedModel, gbnf: str, field: str) -> Grammar:
+    future = loop.run_in_executor(_pool, model.grammar, gbnf)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The caller went away: the grammar compiled meanwhile must still be freed.
+        future.add_done_callback(lambda f: f.exception() is None and f.result().close())
+        raise
+    except ValueError as exc:
+        raise field_error(field, f"the engine refused its grammar ({exc}): simplify the schema") from None
+

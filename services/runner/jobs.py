@@ -1,0 +1,92 @@
+"""A validated GenerateRequest as the scheduler's Job: the chat rendered with the model's template,
+the prompt tokenized, the sampling options built for the loaded model."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import grpc
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.runner.chat import TemplateError
+from modelrunner.runner.sampling_params import sampling_options
+from modelrunner.runner.scheduler import Job
+from modelrunner.runner.validation import check_logit_bias_tokens, field_error
+from modelrunner.v1 import runner_pb2
+
+if TYPE_CHECKING:
+    from modelrunner.runner.manager import Loaded
+
+BASE_MODEL_CHAT_MAX_TOKENS = 256
+
+
+def messages_of(chat: runner_pb2.Chat) -> list[dict]:
+    """The chat's messages as a chat template expects them (OpenAI's shape)."""
+    out = []
+    for m in chat.messages:
+        msg: dict = {"role": m.role, "content": m.content}
+        if m.name:
+            msg["name"] = m.name
+        if m.tool_call_id:
+            msg["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": c.type or "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ]
+        out.append(msg)
+    return out
+
+
+def prompt_text(request: runner_pb2.GenerateRequest, entry: Loaded) -> str:
+    if request.WhichOneof("input") != "chat":
+        return request.prompt
+    if entry.renderer is None:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{entry.name} has no usable chat template: send a raw prompt instead",
+        )
+    tools = json.loads(request.chat.tools_json) if request.chat.tools_json else None  # validated JSON
+    try:
+        return entry.renderer.render(messages_of(request.chat), tools)
+    except TemplateError as exc:
+        raise field_error("chat.messages", f"cannot be formatted: {exc}") from None
+
+
+def default_max_tokens(request: runner_pb2.GenerateRequest, entry: Loaded) -> int:
+    """0 (until end of generation or a full context), except for a chat with a base model.
+
+    A model without a chat template of its own (the bundled Gemma 3 270M is one) is not trained to
+    end a turn, so a chat with no max_tokens would run on until the context is full: minutes of
+    repetition. Such chats get BASE_MODEL_CHAT_MAX_TOKENS, and finish_reason "length" says so.
+    """
+    builtin = entry.renderer is not None and entry.renderer.format.source.startswith("builtin:")
+    return BASE_MODEL_CHAT_MAX_TOKENS if builtin and request.WhichOneof("input") == "chat" else 0
+
+
+def build_job(request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
+    """The job without its grammar (grammars.py compiles that last, so that nothing can fail after
+    it). A max_tokens past the context needs no clamp: a sequence also ends when the context is full."""
+    model = entry.model
+    if model.facts.reranker:  # llama.cpp's server refuses too; an encoder-only one would abort the engine
+        raise field_error("model", f"{entry.name} is a reranker: it scores pairs (POST /rerank) and cannot generate")
+    check_logit_bias_tokens(request.sampling, model.facts.vocab_size)
+    text = prompt_text(request, entry)
+    bos = model.facts.bos_text
+    prompt = model.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
+    banned = model.facts.stop_tokens | entry.stop_tokens if request.sampling.ignore_eos else frozenset()
+    options = sampling_options(
+        request.sampling,
+        logprobs=request.top_logprobs if request.logprobs else -1,
+        banned=banned,
+        vocab_size=model.facts.vocab_size,
+    )
+    return Job(
+        prompt=prompt,
+        sampling=options,
+        max_tokens=request.sampling.max_tokens or default_max_tokens(request, entry),
+        stop=tuple(request.sampling.stop),
+        stop_tokens=entry.stop_tokens,
+        ignore_eos=request.sampling.ignore_eos,
+    )

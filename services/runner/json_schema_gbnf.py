@@ -1,0 +1,419 @@
+"""JSON Schema -> GBNF (llama.cpp's grammar format), with bounded repetition.
+
+Why our own: llama-cpp-python's converter spells `maxLength: 5000` as 5000 nested optionals, which
+llama.cpp's parser refuses after seconds, and it silently drops keywords it does not know (an
+integer's `minimum`), so the output may break the schema. Here counts become GBNF's `x{m,n}`, which
+llama.cpp expands into n-m small rules; its parser refuses m > 2000 and reads n > 2000 as unbounded,
+so larger counts are split into blocks. A keyword that cannot be enforced is an UnsupportedSchema
+naming it; annotations (title, description, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+LLAMA_REPEAT_LIMIT = 2000  # llama-grammar.cpp's MAX_REPETITION_THRESHOLD
+BLOCK = 1000
+MAX_COUNT = 1_000_000  # maxLength / maxItems past this are refused
+MAX_DEPTH = 64
+MAX_RULES = 5000
+MAX_LITERALS = 1024  # enum values, and integers of a bounded range spelt out
+MAX_INT_DIGITS = 16
+
+ANNOTATIONS = frozenset({
+    "$schema", "$id", "$comment", "$defs", "definitions", "title", "description", "default",
+    "examples", "deprecated", "readOnly", "writeOnly", "format", "contentEncoding", "contentMediaType",
+})
+KEYWORDS = {
+    "string": {"minLength", "maxLength"},
+    "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
+    "number": {"minimum", "exclusiveMinimum"},
+    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems"},
+    "object": {"properties", "required", "additionalProperties"},
+    "boolean": set(),
+    "null": set(),
+}
+COMMON = {"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "nullable"}
+
+PRIMITIVES = {
+    "space": '" "?',
+    "char": r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+    "integral-part": "[0] | [1-9] [0-9]{0,15}",
+    "decimal-part": "[0-9]{1,16}",
+    "boolean": '("true" | "false") space',
+    "null": '"null" space',
+    "number": '"-"? integral-part ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+    "unsigned-number": 'integral-part ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+    "integer": '"-"? integral-part space',
+    "string": r'"\"" char* "\"" space',
+    "value": "object | array | string | number | boolean | null",
+    "object": '"{" space (string ":" space value ("," space string ":" space value)*)? "}" space',
+    "array": '"[" space (value ("," space value)*)? "]" space',
+}
+FORMATS = {
+    "date": '[0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [1-2] [0-9] | "3" [0-1])',
+    "time": '([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]{3})? '
+            '("Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])',
+    "uuid": '[0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{12}',
+}
+_PRIMITIVE_DEPS = {
+    "char": (), "integral-part": (), "decimal-part": (), "space": (),
+    "boolean": ("space",), "null": ("space",), "integer": ("integral-part", "space"),
+    "number": ("integral-part", "decimal-part", "space"),
+    "unsigned-number": ("integral-part", "decimal-part", "space"),
+    "string": ("char", "space"), "value": ("object", "array", "string", "number", "boolean", "null"),
+    "object": ("string", "value", "space"), "array": ("value", "space"),
+}
+_NAME = re.compile(r"[^a-zA-Z0-9-]+")
+
+
+class UnsupportedSchema(ValueError):
+    """The schema uses a keyword (or a value of one) that the grammar cannot enforce."""
+
+    def __init__(self, keyword: str, message: str) -> None:
+        super().__init__(f"{keyword}: {message}")
+        self.keyword = keyword
+
+
+def literal(text: str) -> str:
+    """A GBNF string literal matching `text` exactly."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def schema_to_gbnf(schema_text: str) -> str:
+    """The GBNF (root rule "root") of a JSON schema given as JSON text."""
+    try:
+        return _Converter(json.loads(schema_text)).convert()
+    except ValueError as exc:
+        if isinstance(exc, UnsupportedSchema):
+            raise
+        raise UnsupportedSchema("json_schema", f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UnsupportedSchema("json_schema", f"nests deeper than {MAX_DEPTH} levels") from None
+
+
+class _Converter:
+    def __init__(self, root: Any) -> None:
+        self._root = root
+        self._rules: dict[str, str] = {}
+        self._refs: dict[str, str] = {}
+
+    def convert(self) -> str:
+        top = self._visit(self._root, "root", 0)
+        if top != "root":
+            self._rules["root"] = top
+        return "\n".join(f"{name} ::= {body}" for name, body in self._rules.items()) + "\n"
+
+    # rules -------------------------------------------------------------------------------------
+    def _add(self, name: str, body: str) -> str:
+        """Adds a rule under a fresh name derived from `name`; returns that name."""
+        base = _NAME.sub("-", name).strip("-") or "r"
+        if base in PRIMITIVES or base in FORMATS:
+            base += "-"
+        unique, n = base, 1
+        while unique in self._rules:
+            n += 1
+            unique = f"{base}{n}"
+        if len(self._rules) >= MAX_RULES:
+            raise UnsupportedSchema("json_schema", f"needs more than {MAX_RULES} grammar rules: simplify it")
+        self._rules[unique] = body
+        return unique
+
+    def _primitive(self, name: str) -> str:
+        if name not in self._rules:
+            self._rules[name] = PRIMITIVES[name]
+            for dep in _PRIMITIVE_DEPS[name]:
+                self._primitive(dep)
+        return name
+
+    def _repeat(self, symbol: str, low: int, high: int | None) -> str:
+        """`symbol` (one GBNF symbol) low..high times (high None: unbounded)."""
+        if high is not None and high <= LLAMA_REPEAT_LIMIT and low <= LLAMA_REPEAT_LIMIT:
+            if high == 0:
+                return ""
+            return f"{symbol}{{{low}}}" if low == high else f"{symbol}{{{low},{high}}}"
+        if high is None and low <= LLAMA_REPEAT_LIMIT:
+            return f"{symbol}{{{low},}}"
+        block = self._add(f"{symbol}-block", f"{symbol}{{{BLOCK}}}")
+        q, r = divmod(low, BLOCK)
+        head = " ".join(p for p in (self._repeat(block, q, q), self._repeat(symbol, r, r)) if p)
+        if high is None:
+            tail = f"{symbol}*"
+        elif high == low:
+            tail = ""
+        else:
+            # 0..k = (blocks 0..q-1, then 0..BLOCK-1 more) | (q blocks, then 0..r more): every count once.
+            q, r = divmod(high - low, BLOCK)
+            short = " ".join(p for p in (self._repeat(block, 0, q - 1), self._repeat(symbol, 0, BLOCK - 1)) if p)
+            full = " ".join(p for p in (self._repeat(block, q, q), self._repeat(symbol, 0, r)) if p)
+            tail = f"(({short}) | ({full}))" if q else f"({full})"
+        return f"{head} {tail}".strip()
+
+    def _separated(self, item: str, low: int, high: int | None, name: str) -> str:
+        """`item` low..high times with `"," space` between."""
+        if high == 0:
+            return ""
+        more = self._add(f"{name}-more", f'"," space {item}')
+        rest = self._repeat(more, max(low - 1, 0), None if high is None else high - 1)
+        body = f"{item} {rest}".strip()
+        # Named rather than grouped: llama.cpp refuses a quantified group that holds a long repetition.
+        return body if low > 0 else f"{self._add(f'{name}-items', body)}?"
+
+    # schemas ------------------------------------------------------------------------------------
+    def _visit(self, schema: Any, name: str, depth: int) -> str:
+        """The name of a rule matching `schema`."""
+        if depth > MAX_DEPTH:
+            raise UnsupportedSchema("json_schema", f"nests deeper than {MAX_DEPTH} levels")
+        if schema is True or schema == {}:
+            return self._primitive("value")
+        if schema is False:
+            raise UnsupportedSchema("json_schema", "false allows no value at all")
+        if not isinstance(schema, dict):
+            raise UnsupportedSchema("json_schema", f"a schema must be an object or a boolean, not {schema!r}")
+        if "$ref" in schema:
+            return self._ref(schema["$ref"], depth)
+        return self._add(name, self._body(schema, name, depth))
+
+    def _body(self, schema: dict, name: str, depth: int) -> str:
+        kind = schema.get("type")
+        self._check_keywords(schema, kind)
+        if schema.get("nullable") is True:
+            rest = {k: v for k, v in schema.items() if k != "nullable"}
+            return f"{self._visit(rest, name + '-value', depth + 1)} | {self._primitive('null')}"
+        if "const" in schema:
+            return self._literal_value(schema["const"])
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise UnsupportedSchema("enum", "must be a non-empty list")
+            if len(values) > MAX_LITERALS:
+                raise UnsupportedSchema("enum", f"has {len(values)} values; at most {MAX_LITERALS} are supported")
+            return " | ".join(self._literal_value(v) for v in values)
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                options = schema[key]
+                if not isinstance(options, list) or not options:
+                    raise UnsupportedSchema(key, "must be a non-empty list of schemas")
+                return " | ".join(self._visit(o, f"{name}-{i}", depth + 1) for i, o in enumerate(options))
+        if "allOf" in schema:
+            return self._body(_merge_all_of(schema), name, depth)
+        if isinstance(kind, list):
+            if not kind:
+                raise UnsupportedSchema("type", "must not be an empty list")
+            shared = COMMON | ANNOTATIONS
+            return " | ".join(
+                self._visit(
+                    {k: v for k, v in schema.items() if k in shared or k in KEYWORDS.get(t, ())} | {"type": t},
+                    f"{name}-{t}",
+                    depth + 1,
+                )
+                for t in kind
+            )
+        if kind is None:
+            kind = _implied_type(schema)
+        if kind == "string":
+            return self._string(schema)
+        if kind == "integer":
+            return self._integer(schema)
+        if kind == "number":
+            for key in ("maximum", "exclusiveMaximum", "exclusiveMinimum"):
+                if key in schema:
+                    raise UnsupportedSchema(key, "is not supported on a number (use an integer range)")
+            if "minimum" not in schema:
+                return self._primitive("number")
+            if schema["minimum"] != 0 or isinstance(schema["minimum"], bool):
+                raise UnsupportedSchema("minimum", "on a number only 0 (no negative numbers) is supported")
+            return self._primitive("unsigned-number")
+        if kind == "array":
+            return self._array(schema, name, depth)
+        if kind == "object":
+            return self._object(schema, name, depth)
+        if kind in ("boolean", "null"):
+            return self._primitive(kind)
+        if kind is None:
+            return self._primitive("value")
+        raise UnsupportedSchema("type", f"unknown type {kind!r}")
+
+    @staticmethod
+    def _check_keywords(schema: dict, kind: Any) -> None:
+        kinds = kind if isinstance(kind, list) else [kind] if kind else list(KEYWORDS)
+        allowed = COMMON | ANNOTATIONS
+        for k in kinds:
+            allowed = allowed | KEYWORDS.get(k, set()) if isinstance(k, str) else allowed
+        for key in schema:
+            if key not in allowed:
+                raise UnsupportedSchema(key, "is not supported in response_format schemas")
+        if schema.get("uniqueItems") is True:
+            raise UnsupportedSchema("uniqueItems", "cannot be enforced by a grammar")
+
+    def _literal_value(self, value: Any) -> str:
+        return f"{literal(json.dumps(value, ensure_ascii=False))} {self._primitive('space')}"
+
+    def _ref(self, ref: Any, depth: int) -> str:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise UnsupportedSchema("$ref", f"only local references (#/...) are supported, not {ref!r}")
+        if ref in self._refs:
+            return self._refs[ref]
+        target: Any = self._root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                raise UnsupportedSchema("$ref", f"{ref!r} points at nothing in the schema")
+            target = target[part]
+        name = self._add("ref-" + ref[1:], "")  # reserved first: a recursive schema refers to itself
+        self._refs[ref] = name
+        self._rules[name] = self._visit(target, name + "-def", depth + 1)
+        return name
+
+    def _count(self, schema: dict, key: str, default: int | None) -> int | None:
+        value = schema.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UnsupportedSchema(key, f"must be a non-negative integer, not {value!r}")
+        if value > MAX_COUNT:
+            raise UnsupportedSchema(key, f"{value} is more than the {MAX_COUNT} supported")
+        return value
+
+    def _string(self, schema: dict) -> str:
+        fmt = schema.get("format")
+        if fmt in ("date", "time", "uuid"):
+            return rf'"\"" {self._add(fmt, FORMATS[fmt])} "\"" {self._primitive("space")}'
+        if fmt == "date-time":
+            date = self._add("date", FORMATS["date"])
+            time_ = self._add("time", FORMATS["time"])
+            return rf'"\"" {date} "T" {time_} "\"" {self._primitive("space")}'
+        low = self._count(schema, "minLength", 0) or 0
+        high = self._count(schema, "maxLength", None)
+        if high is not None and high < low:
+            raise UnsupportedSchema("maxLength", f"{high} is less than minLength {low}")
+        char = self._primitive("char")
+        chars = self._repeat(char, low, high) if (low or high is not None) else f"{char}*"
+        return rf'"\"" {chars} "\"" {self._primitive("space")}'
+
+    def _integer(self, schema: dict) -> str:
+        low, high = _int_bound(schema, "minimum", "exclusiveMinimum", 1), _int_bound(schema, "maximum", "exclusiveMaximum", -1)
+        if low is None and high is None:
+            return self._primitive("integer")
+        space = self._primitive("space")
+        if low is not None and high is not None:
+            if high < low:
+                raise UnsupportedSchema("maximum", f"{high} is less than minimum {low}")
+            if high - low < MAX_LITERALS:
+                return " | ".join(literal(str(v)) for v in range(low, high + 1)) + f" {space}"
+        if low is not None and high is None and 0 <= low < 10 ** 3:
+            # low..(10^d - 1) spelt out, then every integer with more digits than low has.
+            digits = len(str(low))
+            spelt = " | ".join(literal(str(v)) for v in range(low, 10 ** digits))
+            return f'({spelt} | [1-9] [0-9]{{{digits},{MAX_INT_DIGITS - 1}}}) {space}'
+        keyword = "maximum" if low is None else "minimum"
+        raise UnsupportedSchema(
+            keyword,
+            f"integer bounds are supported as a range of at most {MAX_LITERALS} values or a minimum from 0 to 999",
+        )
+
+    def _array(self, schema: dict, name: str, depth: int) -> str:
+        space = self._primitive("space")
+        tuple_items = schema.get("prefixItems", schema.get("items") if isinstance(schema.get("items"), list) else None)
+        if tuple_items is not None:
+            if not isinstance(tuple_items, list):
+                raise UnsupportedSchema("prefixItems", "must be a list of schemas")
+            parts = [self._visit(s, f"{name}-{i}", depth + 1) for i, s in enumerate(tuple_items)]
+            return f'"[" {space} ' + ' "," space '.join(parts) + f' "]" {space}'
+        item = self._visit(schema.get("items", True), f"{name}-item", depth + 1)
+        low = self._count(schema, "minItems", 0) or 0
+        high = self._count(schema, "maxItems", None)
+        if high is not None and high < low:
+            raise UnsupportedSchema("maxItems", f"{high} is less than minItems {low}")
+        return f'"[" {space} {self._separated(item, low, high, name)} "]" {space}'
+
+    def _object(self, schema: dict, name: str, depth: int) -> str:
+        space = self._primitive("space")
+        properties = schema.get("properties", {})
+        if not isinstance(properties, dict):
+            raise UnsupportedSchema("properties", "must be an object of schemas")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise UnsupportedSchema("required", "must be a list of property names")
+        missing = [r for r in required if r not in properties]
+        if missing:
+            raise UnsupportedSchema("required", f"names {missing[0]!r}, which is not in properties")
+        if "properties" not in schema and "additionalProperties" not in schema:
+            return self._primitive("object")
+        extra = schema.get("additionalProperties", False)
+        pairs = {
+            key: self._add(f"{name}-{key}-kv", f"{literal(json.dumps(key, ensure_ascii=False))} space \":\" space "
+                           f"{self._visit(sub, f'{name}-{key}', depth + 1)}")
+            for key, sub in properties.items()
+        }
+        must = [pairs[k] for k in properties if k in required]
+        optional = [pairs[k] for k in properties if k not in required]
+        if extra is not False:
+            value = self._visit({} if extra is True else extra, f"{name}-extra-value", depth + 1)
+            kv = self._add(f"{name}-extra-kv", f'{self._primitive("string")} ":" space {value}')
+            optional.append(self._add(f"{name}-extra-kvs", f'{kv} ("," space {kv})*'))
+        body = ' "," space '.join(must)
+        if optional:
+            # Optional members in order, any subset: one alternative per first member present.
+            alternatives = [
+                " ".join([optional[i], *(f'("," space {o})?' for o in optional[i + 1:])])
+                for i in range(len(optional))
+            ]
+            choice = self._add(f"{name}-optional", " | ".join(alternatives))
+            body = f'{body} ("," space {choice})?' if must else f"({choice})?"
+        return f'"{{" {space} {body} "}}" {space}'
+
+
+def _implied_type(schema: dict) -> str | None:
+    for kind in ("string", "array", "object", "number"):
+        if KEYWORDS[kind] & schema.keys():
+            return kind
+    return "number" if KEYWORDS["integer"] & schema.keys() else None
+
+
+def _int_bound(schema: dict, inclusive: str, exclusive: str, step: int) -> int | None:
+    """The least (step 1) or greatest (step -1) integer the bound allows."""
+    for key, strict in ((inclusive, False), (exclusive, True)):
+        if key in schema:
+            value = schema[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UnsupportedSchema(key, f"must be a number, not {value!r}")
+            if abs(value) > 10 ** 15:
+                raise UnsupportedSchema(key, f"{value} is out of the supported range")
+            if step > 0:
+                return math.floor(value) + 1 if strict else math.ceil(value)
+            return math.ceil(value) - 1 if strict else math.floor(value)
+    return None
+
+
+def _merge_all_of(schema: dict) -> dict:
+    """allOf of object schemas: one object with every member's properties and required names."""
+    parts = schema["allOf"]
+    if not isinstance(parts, list) or not parts:
+        raise UnsupportedSchema("allOf", "must be a non-empty list of schemas")
+    merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+    for part in [{k: v for k, v in schema.items() if k != "allOf"}, *parts]:
+        if not isinstance(part, dict) or not set(part) <= {"type", "properties", "required", *ANNOTATIONS}:
+            raise UnsupportedSchema("allOf", "is supported only as a list of object schemas with properties")
+        if part.get("type", "object") != "object":
+            raise UnsupportedSchema("allOf", "is supported only for objects")
+        merged["properties"].update(part.get("properties", {}))
+        merged["required"].extend(part.get("required", []))
+    return merged

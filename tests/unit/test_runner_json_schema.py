@@ -1,0 +1,159 @@
+"""JSON Schema -> GBNF: counts become bounded repetition (maxLength 5000 included), unsupported
+keywords are named, and for random schemas llama.cpp compiles the grammar and every answer it lets
+through validates against the schema (property test with hypothesis, on the tiny GGUF's vocabulary)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.json_schema_gbnf import UnsupportedSchema, schema_to_gbnf
+
+EOS = 2  # the tiny GGUF's </s>; its other tokens are the bytes 3..255, token id = byte value
+QUOTE = ord('"')
+CLOSERS = [QUOTE, ord("}"), ord("]"), EOS]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf):
+    loaded = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=64, parallel=1, threads=1))
+    yield loaded
+    loaded.close()
+
+
+def generate(model, gbnf: str, rng: np.random.Generator, bias: dict[int, float], max_steps: int) -> str | None:
+    """A random answer the grammar allows (None if it did not end within max_steps)."""
+    grammar = model.grammar(gbnf)
+    out = bytearray()
+    try:
+        for _ in range(max_steps):
+            logits = rng.standard_normal(256).astype(np.float32)
+            logits[:3] = -np.inf
+            logits[EOS] = 0.0
+            logits[0x80:] = -np.inf  # ASCII only: lengths in characters are lengths in bytes
+            for token, b in bias.items():
+                logits[token] += b
+            grammar.apply(logits)
+            token = int(np.argmax(logits))
+            assert np.isfinite(logits[token]), f"the grammar allows nothing after {bytes(out)!r}"
+            if token == EOS:
+                return out.decode()
+            grammar.accept(token)
+            out.append(token)
+        return None
+    finally:
+        grammar.close()
+
+
+def test_max_length_5000_is_bounded_repetition_that_llama_cpp_compiles_and_enforces(model):
+    schema = {"type": "string", "minLength": 2100, "maxLength": 5000}
+    started = time.perf_counter()
+    gbnf = schema_to_gbnf(json.dumps(schema))
+    assert len(gbnf) < 2000 and "{" in gbnf  # no nested optionals
+    rng = np.random.default_rng(0)
+    shortest = generate(model, gbnf, rng, {QUOTE: 50.0, EOS: 50.0}, 6000)
+    longest = generate(model, gbnf, rng, {QUOTE: -50.0, EOS: 50.0}, 6000)
+    assert time.perf_counter() - started < 30
+    assert len(json.loads(shortest)) == 2100
+    assert len(json.loads(longest)) == 5000
+
+
+@pytest.mark.parametrize("low, high", [(0, 2001), (1999, 4001), (3000, 3000), (0, 999), (2, 2)])
+def test_counts_past_llama_cpps_repetition_limit_give_exact_bounds(model, low, high):
+    gbnf = schema_to_gbnf(json.dumps({"type": "array", "items": {"const": 1}, "minItems": low, "maxItems": high}))
+    rng = np.random.default_rng(1)
+    comma, close = ord(","), ord("]")
+    shortest = generate(model, gbnf, rng, {close: 50.0, EOS: 50.0}, 5 * high + 10)
+    longest = generate(model, gbnf, rng, {comma: 50.0, ord("1"): 40.0, EOS: 50.0}, 5 * high + 10)
+    assert len(json.loads(shortest)) == low
+    assert len(json.loads(longest)) == high
+
+
+@pytest.mark.parametrize(
+    "schema, keyword",
+    [
+        ({"type": "string", "pattern": "^a+$"}, "pattern"),
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"type": "object", "minProperties": 1}, "minProperties"),
+        ({"type": "number", "maximum": 3}, "maximum"),
+        ({"type": "integer", "minimum": -5}, "minimum"),
+        ({"$ref": "https://example.com/schema.json"}, "$ref"),
+        ({"type": "string", "maxLength": 10**9}, "maxLength"),
+        ({"type": "object", "properties": {}, "required": ["x"]}, "required"),
+        ({"type": "tuple"}, "type"),
+    ],
+)
+def test_unsupported_keywords_are_named(schema, keyword):
+    with pytest.raises(UnsupportedSchema) as err:
+        schema_to_gbnf(json.dumps(schema))
+    assert err.value.keyword == keyword and str(err.value).startswith(keyword)
+
+
+def test_checking_one_token_agrees_with_the_mask(model):
+    grammar = model.grammar(schema_to_gbnf('{"type": "object", "properties": {"a": {"type": "integer"}}}'))
+    try:
+        for step in [b"", b"{", b'"a": ', b"1"]:
+            for byte in step:
+                grammar.accept(byte)
+            row = np.zeros(256, dtype=np.float32)
+            grammar.apply(row)
+            assert [grammar.allows(t) for t in range(256)] == list(np.isfinite(row))
+    finally:
+        grammar.close()
+
+
+def test_recursive_local_refs_compile(model):
+    schema = {
+        "$defs": {"node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}}, "required": ["kids"]}},
+        "$ref": "#/$defs/node",
+    }
+    model.grammar(schema_to_gbnf(json.dumps(schema))).close()
+
+
+KEYS = st.sampled_from(["a", "b", "c", "name", "x y"])
+SCALARS = st.one_of(st.integers(-50, 50), st.text("abcxyz ", max_size=4), st.booleans(), st.none())
+
+
+def leaf_schemas() -> st.SearchStrategy[dict]:
+    counts = st.integers(0, 4)
+    return st.one_of(
+        st.builds(lambda lo, extra: {"type": "string", "minLength": lo, "maxLength": lo + extra}, counts, counts),
+        st.just({"type": "string"}),
+        st.just({"type": "number"}),
+        st.just({"type": "boolean"}),
+        st.just({"type": "null"}),
+        st.builds(lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span}, st.integers(-20, 20), st.integers(0, 30)),
+        st.builds(lambda lo: {"type": "integer", "minimum": lo}, st.integers(0, 999)),
+        st.builds(lambda vs: {"enum": vs}, st.lists(SCALARS, min_size=1, max_size=4, unique_by=json.dumps)),
+        st.builds(lambda v: {"const": v}, SCALARS),
+        st.just({"type": ["string", "null"], "maxLength": 3}),
+    )
+
+
+def composite(children: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
+    def obj(props: dict, required: list, extra: bool) -> dict:
+        return {"type": "object", "properties": props, "required": [k for k in required if k in props], "additionalProperties": extra}
+
+    return st.one_of(
+        st.builds(lambda item, lo, extra: {"type": "array", "items": item, "minItems": lo, "maxItems": lo + extra}, children, st.integers(0, 2), st.integers(0, 2)),
+        st.builds(obj, st.dictionaries(KEYS, children, max_size=3), st.lists(KEYS, max_size=3, unique=True), st.just(False)),
+        st.builds(lambda a, b: {"anyOf": [a, b]}, children, children),
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schema=st.recursive(leaf_schemas(), composite, max_leaves=6), seed=st.integers(0, 2**32 - 1))
+def test_every_answer_a_schema_grammar_allows_validates(model, schema, seed):
+    gbnf = schema_to_gbnf(json.dumps(schema))
+    closers = {t: 2.0 for t in CLOSERS}
+    answer = generate(model, gbnf, np.random.default_rng(seed), closers, 400)
+    if answer is not None:
+        jsonschema.validate(json.loads(answer), schema)
