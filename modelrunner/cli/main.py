@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from modelrunner.cli import docker_plugin, engines, models, stack_cmds
+from modelrunner.cli import docker_plugin, engines, models, request_log, stack_cmds
 from modelrunner.cli.client import CliError
 from modelrunner.cli.output import error
 
@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 for command in (models.pull, models.push, models.ls, models.rm, models.inspect, models.tag, models.package,
-                models.run, engines.ps, engines.unload, engines.df, engines.configure,
+                models.run, engines.ps, engines.unload, engines.df, engines.configure, request_log.requests,
                 stack_cmds.up, stack_cmds.down, stack_cmds.status, stack_cmds.logs):
     app.command()(command)
 app.command("list", hidden=True)(models.ls)

@@ -44,6 +44,16 @@ class RunnerStub:
                 request_serializer=modelrunner_dot_v1_dot_runner__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_runner__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/modelrunner.v1.Runner/Rerank',
+                request_serializer=modelrunner_dot_v1_dot_runner__pb2.RerankRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_runner__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/modelrunner.v1.Runner/Tokenize',
+                request_serializer=modelrunner_dot_v1_dot_runner__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_runner__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
         self.LoadModel = channel.unary_unary(
                 '/modelrunner.v1.Runner/LoadModel',
                 request_serializer=modelrunner_dot_v1_dot_runner__pb2.LoadModelRequest.SerializeToString,
@@ -89,6 +99,21 @@ class RunnerServicer:
 
     def Embed(self, request, context):
         """Embeds each input (pooled, normalised vectors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rerank(self, request, context):
+        """Scores each document's relevance to the query with a reranker model (llama.cpp's rank pooling),
+        best first. A model that is not a reranker: INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tokenize(self, request, context):
+        """Counts the tokens of a chat or a prompt exactly as Generate would render and tokenize it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +173,16 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=modelrunner_dot_v1_dot_runner__pb2.EmbedRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_runner__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=modelrunner_dot_v1_dot_runner__pb2.RerankRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_runner__pb2.RerankResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=modelrunner_dot_v1_dot_runner__pb2.TokenizeRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_runner__pb2.TokenizeResponse.SerializeToString,
             ),
             'LoadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadModel,
@@ -234,6 +269,60 @@ class Runner:
             '/modelrunner.v1.Runner/Embed',
             modelrunner_dot_v1_dot_runner__pb2.EmbedRequest.SerializeToString,
             modelrunner_dot_v1_dot_runner__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Runner/Rerank',
+            modelrunner_dot_v1_dot_runner__pb2.RerankRequest.SerializeToString,
+            modelrunner_dot_v1_dot_runner__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Runner/Tokenize',
+            modelrunner_dot_v1_dot_runner__pb2.TokenizeRequest.SerializeToString,
+            modelrunner_dot_v1_dot_runner__pb2.TokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
