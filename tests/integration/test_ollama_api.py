@@ -1,0 +1,190 @@
+"""Ollama's API through the real `ollama` client from PyPI, over HTTP, against the real stack (gateway,
+Store, Distribution, Runner processes) with the tiny GGUF, and a real docker-registry for push and pull;
+the real Gemma 3 270M where real text matters (slow)."""
+
+from __future__ import annotations
+
+import httpx
+import ollama
+import pytest
+
+from tests.integration.test_gateway_live import Stack
+from tests.support.packaging import package as upload
+from tests.support.tiny_gguf import write_tiny_gguf
+
+GREEDY = {"temperature": 0, "num_predict": 8}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def package(stack: Stack, gguf, name: str) -> None:
+    upload(stack.url, gguf, name)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_gguf):
+    running = Stack(tmp_path_factory.mktemp("ollama-api")).start()
+    try:
+        running.wait_healthy()
+        package(running, tiny_gguf, "ai/tiny")
+        yield running
+    finally:
+        codes = running.stop()
+    assert codes["gateway"] == 0, running.log("gateway").read_text()[-3000:]
+
+
+@pytest.fixture
+def client(stack) -> ollama.Client:
+    return ollama.Client(host=stack.url, timeout=120)
+
+
+def assert_timings(final) -> None:
+    """Real measurements: nanoseconds that add up, and the token counts the Runner reported."""
+    assert final.done and final.done_reason in ("stop", "length")
+    assert final.prompt_eval_count > 0 and final.eval_count > 0
+    assert final.prompt_eval_duration > 0 and final.eval_duration >= 0 and final.load_duration > 0
+    assert final.total_duration >= final.load_duration + final.prompt_eval_duration + final.eval_duration
+
+
+def test_version_list_show_and_ps(client, stack):
+    assert httpx.head(f"{stack.url}/api/version").status_code == 200
+    assert httpx.get(f"{stack.url}/api/version").json()["version"]
+    names = {m.model: m for m in client.list().models}
+    tiny = names["ai/tiny:latest"]
+    assert tiny.details.family == "llama" and tiny.details.format == "gguf" and tiny.size > 0
+    assert len(tiny.digest) == 64 and tiny.modified_at is not None
+    shown = client.show("tiny")
+    assert shown.details.family == "llama" and shown.modelinfo["general.architecture"] == "llama"
+    assert "completion" in shown.capabilities
+    client.generate(model="tiny", prompt="x", options={"num_predict": 1})
+    running = {m.model: m for m in client.ps().models}
+    assert running["ai/tiny:latest"].size > 0 and running["ai/tiny:latest"].context_length > 0
+    assert running["ai/tiny:latest"].expires_at is not None
+
+
+def test_chat_streamed_and_not_agree(client):
+    whole = client.chat(model="tiny", messages=HI, options=GREEDY)
+    assert whole.message.role == "assistant" and isinstance(whole.message.content, str)
+    assert_timings(whole)
+    parts = list(client.chat(model="tiny", messages=HI, options=GREEDY, stream=True))
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert_timings(parts[-1])
+    assert parts[-1].eval_count == whole.eval_count
+
+
+def test_generate_streamed_and_not_and_raw(client):
+    whole = client.generate(model="ai/tiny", prompt="Once upon", options=GREEDY)
+    assert_timings(whole)
+    streamed = "".join(p.response for p in client.generate(model="ai/tiny", prompt="Once upon", options=GREEDY,
+                                                           stream=True))
+    assert streamed == whole.response
+    raw = client.generate(model="tiny:latest", prompt="Once upon", raw=True, options={**GREEDY, "num_predict": 3})
+    assert raw.eval_count <= 3 and raw.done_reason in ("stop", "length")
+
+
+def test_json_format_and_tool_calls(client):
+    """A schema makes even the random tiny model answer with a call, as Ollama shapes it."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"enum": ["get_weather"]},
+            "arguments": {"type": "object", "properties": {"city": {"enum": ["Paris"]}}, "required": ["city"],
+                          "additionalProperties": False},
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function",
+              "function": {"name": "get_weather", "description": "weather of a city", "parameters": parameters}}]
+    long = {"temperature": 0, "num_predict": 120}
+    reply = client.chat(model="tiny", messages=HI, tools=tools, format=schema, options=long)
+    call = reply.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
+    followup = [*HI, reply.message, {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+    answer = client.chat(model="tiny", messages=followup, tools=tools, options=GREEDY)
+    assert answer.done
+    streamed = list(client.chat(model="tiny", messages=HI, tools=tools, format=schema, stream=True, options=long))
+    calls = [c for p in streamed for c in (p.message.tool_calls or [])]
+    assert calls and calls[0].function.arguments == {"city": "Paris"}
+
+
+def test_embed_and_the_older_embeddings(client):
+    embedded = client.embed(model="tiny", input=["hello", "world"])
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) > 0 and embedded.prompt_eval_count > 0
+    older = client.embeddings(model="tiny", prompt="hello")
+    assert older.embedding == pytest.approx(embedded.embeddings[0], abs=1e-5)
+
+
+def test_load_and_unload_by_keep_alive(client):
+    assert client.generate(model="tiny", keep_alive=-1).done_reason == "load"
+    assert any(m.model == "ai/tiny:latest" for m in client.ps().models)
+    assert client.chat(model="tiny", messages=[], keep_alive=0).done_reason == "unload"
+    assert not any(m.model == "ai/tiny:latest" for m in client.ps().models)
+
+
+def test_errors_are_ollamas(client, stack):
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="absent", messages=HI)
+    assert missing.value.status_code == 404 and "model 'absent' not found" in missing.value.error
+    with pytest.raises(ollama.ResponseError) as streamed:
+        list(client.generate(model="absent", prompt="x", stream=True))
+    assert streamed.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as bad:
+        client.chat(model="tiny", messages=HI, options={"top_k": -3})
+    assert bad.value.status_code == 400 and "options.top_k" in bad.value.error
+    with pytest.raises(ollama.ResponseError) as think:
+        client.chat(model="tiny", messages=HI, think=True)
+    assert think.value.status_code == 400 and "does not support thinking" in think.value.error
+    with pytest.raises(ollama.ResponseError) as gone:
+        client.show("absent")
+    assert gone.value.status_code == 404
+    raw = httpx.post(f"{stack.url}/api/chat", content=b"{", headers={"content-type": "application/json"})
+    assert raw.status_code == 400 and set(raw.json()) == {"error"}
+
+
+def test_copy_push_delete_pull_through_a_real_registry(client, stack, registry, tmp_path):
+    """A model of its own (no blob shared with ai/tiny): pushed, deleted with its blobs, pulled back."""
+    other = write_tiny_gguf(tmp_path / "other.gguf", seed=1)
+    package(stack, other, "ai/other")
+    remote = f"{registry.host}/team/other:v1"
+    client.copy("other", remote)
+    pushed = list(client.push(remote, stream=True))
+    statuses = [p.status for p in pushed]
+    assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
+    layers = [p for p in pushed if p.digest]
+    assert layers and all(p.status == f"pushing {p.digest[7:19]}" for p in layers)
+    client.delete(remote)
+    client.delete("other")
+    assert not {"ai/other:latest", remote} & {m.model for m in client.list().models}
+    pulled = list(client.pull(remote, stream=True))
+    assert pulled[0].status == "pulling manifest" and pulled[-1].status == "success"
+    layers = [p for p in pulled if p.digest]
+    assert layers and layers[-1].completed == layers[-1].total > 0
+    assert all(p.status == f"pulling {p.digest[7:19]}" for p in layers)
+    assert remote in {m.model for m in client.list().models}
+    assert client.chat(model=remote, messages=HI, options=GREEDY).done
+    assert client.pull(remote).status == "success"  # present: nothing to transfer
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.pull(f"{registry.host}/team/absent:v1")
+    assert missing.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as gone:
+        client.delete("ai/never-there")
+    assert gone.value.status_code == 404
+
+
+@pytest.mark.slow
+def test_gemma_by_the_names_ollama_users_type(client, stack, gemma_gguf):
+    package(stack, gemma_gguf, "ai/gemma3")
+    count = {"temperature": 0, "num_predict": 6}
+    reply = client.generate(model="gemma3", prompt="1, 2, 3, 4, 5,", raw=True, options=count)
+    assert reply.response.startswith(" 6, 7") and reply.model == "gemma3"
+    assert_timings(reply)
+    again = client.generate(model="gemma3:latest", prompt="1, 2, 3, 4, 5,", raw=True, options=count, stream=True)
+    assert "".join(p.response for p in again) == reply.response
+    chat = client.chat(model="ai/gemma3", messages=[{"role": "user", "content": "Count from one to five."}],
+                       options={"temperature": 0, "num_predict": 16})
+    assert chat.message.content.strip() and chat.eval_count > 0
+    assert_timings(chat)
+    assert client.show("gemma3").details.family == "gemma3"
+    assert any(m.model == "ai/gemma3:latest" and m.details.parameter_size == "268.10M" for m in client.ps().models)
