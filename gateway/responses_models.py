@@ -1,0 +1,104 @@
+"""Request bodies of the OpenAI Responses API (`POST /v1/responses`).
+
+Pydantic checks the types and ranges (a wrong one is a 400 naming the field); the input items are
+checked on translation (responses_convert), so those errors name the item. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modelrunner.gateway.openai_models import INT32_MAX, MAX_MESSAGES, MAX_TOOLS, NAME, check_json, invalid
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Body(_Lenient):
+    """A whole request body: no NaN, no lone surrogates, no absurd nesting anywhere (check_json)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wire_safe(cls, data: Any) -> Any:
+        return check_json(data)
+
+
+class ContentPart(_Lenient):
+    type: str = Field(max_length=64)
+    text: str | None = None
+
+
+class InputItem(_Lenient):
+    """A message (with a role), a function_call or a function_call_output; checked on translation."""
+
+    type: str = Field(default="message", max_length=64)
+    role: Literal["user", "assistant", "system", "developer"] | None = None
+    content: str | list[ContentPart] | None = None
+    id: str | None = Field(default=None, max_length=256)
+    call_id: str | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, max_length=256)
+    arguments: str | None = None
+    output: str | list[ContentPart] | None = None
+
+
+class FunctionTool(_Lenient):
+    type: str = Field(max_length=64, description='"function"; built-in tools are not supported')
+    name: str | None = Field(default=None, pattern=NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    name: str = Field(pattern=NAME)
+
+
+class TextFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, max_length=256)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextOptions(_Lenient):
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(_Body):
+    model: str = Field(min_length=1, max_length=1024)
+    input: str | list[InputItem] = Field(description="a user message's text, or a list of input items")
+    instructions: str | None = None
+    previous_response_id: str | None = Field(default=None, max_length=256)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextOptions | None = None
+    store: bool = True
+    stream: bool = False
+    background: bool = False
+    metadata: dict[str, str] | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _count(cls, value: str | list[InputItem]) -> str | list[InputItem]:
+        if isinstance(value, list) and not 0 < len(value) <= MAX_MESSAGES:
+            raise invalid(f"give from 1 to {MAX_MESSAGES} input items, not {len(value)}")
+        return value
+
+
+class InputItemsQuery(_Lenient):
+    """`GET /v1/responses/{id}/input_items` paging, as OpenAI's lists page."""
+
+    limit: int = Field(default=20, ge=1, le=100)
+    order: Literal["asc", "desc"] = "desc"
+    after: str | None = None
+    before: str | None = None
