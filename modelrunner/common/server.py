@@ -28,11 +28,13 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 # Clients ping idle channels every 30 s (channels.py); a server that does not allow pings without
-# calls answers GOAWAY "too_many_pings" after a few, and the next call fails with UNAVAILABLE.
+# calls answers GOAWAY "too_many_pings" after a few, and the next call fails with UNAVAILABLE. The
+# key's C name is ..._MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, but its string is this one: with the C
+# name spelled out, gRPC ignored it, and a generation running past a few minutes failed with 503.
 SERVER_OPTIONS = [
     *GRPC_OPTIONS,
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 
 

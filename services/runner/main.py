@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelrunner.common import config
+from modelrunner.common import config, memory
 from modelrunner.common.config import Setting
 from modelrunner.common.server import grace_seconds, init_process, serve
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.engine_client import ProcessLauncher
+from modelrunner.runner.engine_router import add_runner_to_server
 from modelrunner.runner.manager import ManagerConfig, ModelManager
 from modelrunner.runner.metrics import RunnerMetrics
 from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
 from modelrunner.runner.resolver import StoreResolver
-from modelrunner.runner.service import RunnerService
-from modelrunner.v1 import runner_pb2, runner_pb2_grpc
+from modelrunner.v1 import runner_pb2
 
 SERVICE_NAME = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 
@@ -30,6 +30,10 @@ MEMORY_BUDGET = Setting("runner-memory-budget", "0", "bytes all loaded models ma
 MAX_QUEUE = Setting("runner-max-queue", "64", "requests waiting per model before RESOURCE_EXHAUSTED")
 THREADS = Setting("runner-threads", "0", "CPU threads per decode (0: the cores this process may use)")
 BATCH_SIZE = Setting("runner-batch-size", "512", "tokens per decode step (prompt chunks + running sequences)")
+DECODE_TIMEOUT = Setting(
+    "runner-decode-timeout", "120",
+    "seconds one decode step (or an engine's silence) may last before the engine is taken as hung and killed (0: never)",
+)
 PROMPT_CACHE = Setting(
     "runner-prompt-cache", "on",
     "on: a finished request's tokens stay in its slot's KV cache, and a request starting with them skips their prefill",
@@ -37,17 +41,14 @@ PROMPT_CACHE = Setting(
 
 SETTINGS = (
     config.LISTEN, config.STORE_ADDR, config.DATA_DIR, STATE_DIR, PARALLEL, CONTEXT_SIZE, KEEP_ALIVE,
-    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PROMPT_CACHE, *config.COMMON,
+    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PROMPT_CACHE, DECODE_TIMEOUT, *config.COMMON,
 )
 
 
 def available_memory() -> int:
-    """MemAvailable from /proc/meminfo, or 0 (no limit) where there is none."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """What this container may still allocate (its cgroup's headroom, else MemAvailable), or 0 (no limit)
+    where neither is known: a budget from the host's memory would let the cgroup OOM-kill the Runner."""
+    return memory.available_memory()
 
 
 def manager_config(args) -> ManagerConfig:
@@ -79,11 +80,24 @@ def manager_config(args) -> ManagerConfig:
         raise SystemExit(f"modelrunner runner: {exc}") from None
 
 
+def launcher(args) -> ProcessLauncher:
+    try:
+        timeout = float(args.runner_decode_timeout)
+    except ValueError:
+        timeout = -1.0
+    if not timeout >= 0:
+        raise SystemExit(
+            f"modelrunner runner: --runner-decode-timeout takes seconds >= 0, not {args.runner_decode_timeout!r}"
+        )
+    return ProcessLauncher(decode_timeout=timeout, log_level=args.log_level, log_format=args.log_format)
+
+
 async def run(args) -> None:
     state_dir = Path(args.runner_state_dir).expanduser() if args.runner_state_dir else config.data_dir(args.data_dir) / "runner"
     resolver = StoreResolver(args.store_addr)
     manager = ModelManager(
-        LlamaCppBackend(), resolver, SettingsStore(state_dir), manager_config(args), metrics_factory=RunnerMetrics
+        LlamaCppBackend(), resolver, SettingsStore(state_dir), manager_config(args), metrics_factory=RunnerMetrics,
+        launcher=launcher(args),
     )
     expiry = asyncio.create_task(manager.run_expiry())
 
@@ -93,7 +107,7 @@ async def run(args) -> None:
         await resolver.close()
 
     def register(server) -> None:
-        runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(manager), server)
+        add_runner_to_server(manager, server)
 
     await serve(
         "runner",

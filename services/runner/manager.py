@@ -1,7 +1,9 @@
 """Model lifecycle: load on first use, keep-alive, at most N models, a memory budget, LRU eviction.
 
 A model with requests in flight (a lease) is never evicted or expired. Time comes from an injectable
-clock, so tests drive keep-alive and eviction with a fake one.
+clock, so tests drive keep-alive and eviction with a fake one. The engines themselves come from a
+launcher: in production each runs in a process of its own (engine_client.py); an engine that exits
+is forgotten at once, so the next request for its model loads it again.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import grpc
 
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.gguf_info import human_size
-from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions, MemoryEstimate
-from modelrunner.runner.chat import ChatRenderer, TemplateError, choose_format
+from modelrunner.runner.backends.base import Backend, LoadOptions, MemoryEstimate
+from modelrunner.runner.chat import ChatRenderer
+from modelrunner.runner.engine import (
+    Engine, EngineLauncher, EngineLoad, EngineModel, EngineSpec, LocalLauncher, load_error,
+)
 from modelrunner.runner.metrics import RunnerMetrics
 from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
 from modelrunner.runner.resolver import ModelResolver, ResolvedModel
-from modelrunner.runner.scheduler import Arrivals, Scheduler
+from modelrunner.runner.scheduler import Arrivals
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -43,10 +48,7 @@ class Loaded:
     """A model in memory and what the lifecycle needs to know about it."""
 
     resolved: ResolvedModel
-    model: LoadedModel
-    scheduler: Scheduler
-    renderer: ChatRenderer | None
-    stop_tokens: frozenset[int]
+    engine: Engine
     memory: MemoryEstimate
     keep_alive: float | None  # seconds; None: forever
     keep_alive_text: str
@@ -57,6 +59,22 @@ class Loaded:
     @property
     def name(self) -> str:
         return self.resolved.reference
+
+    @property
+    def model(self) -> EngineModel:
+        return self.engine.model
+
+    @property
+    def scheduler(self) -> EngineLoad:
+        return self.engine.scheduler
+
+    @property
+    def renderer(self) -> ChatRenderer | None:
+        return self.engine.renderer
+
+    @property
+    def stop_tokens(self) -> frozenset[int]:
+        return self.engine.stop_tokens
 
     def expires_at(self) -> float | None:
         if self.keep_alive is None or self.leases:
@@ -74,8 +92,10 @@ class ModelManager:
         *,
         clock: Clock = time.time,
         metrics_factory: Callable[[Callable], RunnerMetrics] | None = None,
+        launcher: EngineLauncher | None = None,
     ) -> None:
         self.backend = backend
+        self.launcher = launcher or LocalLauncher(backend)
         self.resolver = resolver
         self.settings = settings
         self.config = config
@@ -93,6 +113,10 @@ class ModelManager:
 
     def is_loading(self, reference: str) -> bool:
         return reference in self._loading
+
+    async def refresh(self) -> None:
+        """Brings every engine's load (busy slots, queue) up to date."""
+        await asyncio.gather(*(e.engine.refresh() for e in self.loaded()))
 
     def _snapshot(self):
         return [(e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes) for e in self.loaded()]
@@ -146,56 +170,42 @@ class ModelManager:
     async def _load(self, resolved: ResolvedModel) -> Loaded:
         user = self.settings.get(resolved.reference)
         options = user.load_options(self.config.defaults)
+        keep_text = user.keep_alive or self.config.keep_alive
+        keep_alive = self._keep_alive(keep_text)
         try:
             memory = await asyncio.to_thread(self.backend.estimate_memory, list(resolved.gguf_paths), options)
         except ValueError as exc:
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {resolved.reference}: {exc}")
+            raise load_error(resolved.reference, exc) from exc
         async with self._room:
             await self._make_room(resolved.reference, memory)
             started = time.perf_counter()
-            try:
-                model = await asyncio.to_thread(self.backend.load, list(resolved.gguf_paths), options)
-            except ValueError as exc:
-                raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {resolved.reference}: {exc}"
-                ) from exc
-            try:
-                renderer, stops = self._chat(resolved, model)
-            except TemplateError:
-                renderer, stops = None, frozenset()
-                log.warning("unusable chat template", extra={"fields": {"model": resolved.reference}})
-            keep_text = user.keep_alive or self.config.keep_alive
+            spec = EngineSpec(resolved, options, self.config.max_queue, self.config.prompt_cache)
+            engine = await self.launcher.start(spec, metrics=self.metrics, arrivals=self.arrivals, on_exit=self._forget)
             entry = Loaded(
                 resolved=resolved,
-                model=model,
-                scheduler=Scheduler(
-                    model, name=resolved.reference, max_queue=self.config.max_queue, metrics=self.metrics,
-                    arrivals=self.arrivals, keep_prompts=self.config.prompt_cache,
-                ),
-                renderer=renderer,
-                stop_tokens=stops,
+                engine=engine,
                 memory=memory,
-                keep_alive=self._keep_alive(keep_text),
+                keep_alive=keep_alive,
                 keep_alive_text=keep_text,
                 last_used=self.clock(),
             )
             self._loaded[resolved.model_id] = entry
+        facts = engine.model.facts
         log.info(
             "model loaded",
             extra={"fields": {
                 "model": resolved.reference, "seconds": round(time.perf_counter() - started, 3),
-                "context": model.facts.context_size, "slots": model.facts.parallel,
-                "gpu_layers": model.facts.gpu_layers, "memory": memory.total_bytes,
+                "context": facts.context_size, "slots": facts.parallel,
+                "gpu_layers": facts.gpu_layers, "memory": memory.total_bytes,
             }},
         )
         return entry
 
-    @staticmethod
-    def _chat(resolved: ResolvedModel, model: LoadedModel) -> tuple[ChatRenderer, frozenset[int]]:
-        fmt = choose_format(model.facts.chat_template, resolved.chat_template, model.facts.architecture)
-        renderer = ChatRenderer(fmt, model.facts.bos_text, model.facts.eos_text)
-        stops = {model.token_for_text(s) for s in fmt.stop}
-        return renderer, frozenset(t for t in stops if t is not None)
+    def _forget(self, engine: Engine) -> None:
+        """The engine exited: the next request for its model loads the model again."""
+        for key, entry in list(self._loaded.items()):
+            if entry.engine is engine:
+                del self._loaded[key]
 
     async def _make_room(self, reference: str, memory: MemoryEstimate) -> None:
         budget = self.config.memory_budget
@@ -236,7 +246,7 @@ class ModelManager:
     async def _unload(self, entry: Loaded) -> None:
         if self._loaded.get(entry.resolved.model_id) is entry:
             del self._loaded[entry.resolved.model_id]
-        await asyncio.to_thread(entry.scheduler.close)
+        await entry.engine.close()
         log.info("model unloaded", extra={"fields": {"model": entry.name}})
 
     async def unload(self, names: list[str] | None) -> int:

@@ -6,6 +6,7 @@ counters, and gauges read at collection time from the live schedulers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
@@ -68,3 +69,53 @@ class RunnerMetrics:
 
     def _memory(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(b, {"model": m}) for m, _a, _q, b in self._snapshot()]
+
+
+class _Instrument:
+    def __init__(self, recorder: RecordedMetrics, name: str) -> None:
+        self._recorder, self._name = recorder, name
+
+    def record(self, value: float, attributes: dict | None = None) -> None:
+        self._recorder.keep(self._name, "record", value, attributes)
+
+    def add(self, value: float, attributes: dict | None = None) -> None:
+        self._recorder.keep(self._name, "add", value, attributes)
+
+
+class RecordedMetrics:
+    """Stands in for RunnerMetrics in an engine process: keeps what its decode loop records until the
+    Runner collects it (`drain`) and replays it into its own RunnerMetrics (`replay`), the one its
+    Prometheus endpoint serves. Any instrument name works, so a new one needs no change here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[str, str, tuple], list[float]] = {}
+
+    def __getattr__(self, name: str) -> _Instrument:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Instrument(self, name)
+
+    def keep(self, name: str, method: str, value: float, attributes: dict | None) -> None:
+        key = (name, method, tuple(sorted((attributes or {}).items())))
+        with self._lock:
+            self._kept.setdefault(key, []).append(value)
+
+    def drain(self) -> list[list]:
+        """What was recorded since the last drain, as JSON-ready [name, method, attributes, values]."""
+        with self._lock:
+            kept, self._kept = self._kept, {}
+        return [[name, method, dict(attrs), values] for (name, method, attrs), values in kept.items()]
+
+
+def replay(metrics: RunnerMetrics, drained: list[list]) -> None:
+    """Records in `metrics` what an engine process's RecordedMetrics drained (counters summed)."""
+    for name, method, attributes, values in drained:
+        instrument = getattr(metrics, name, None)
+        if instrument is None:
+            continue
+        if method == "add":
+            instrument.add(sum(values), attributes)
+        else:
+            for value in values:
+                instrument.record(value, attributes)

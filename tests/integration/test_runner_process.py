@@ -5,35 +5,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 
+from modelrunner.store.upload import package_files
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
-
-
-def start(module: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wait_healthy(addr: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)
-    raise TimeoutError(f"{addr} not healthy after {timeout}s")
+from tests.support.processes import open_paths, start, wait_healthy
 
 
 @pytest.fixture
@@ -68,9 +48,7 @@ def stack(tmp_path):
 def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path):
     store_addr, runner_addr, env, _ = stack
     with grpc.insecure_channel(store_addr) as ch:
-        store_pb2_grpc.StoreStub(ch).PackageModel(
-            store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/tiny:test"), timeout=60
-        )
+        package_files(store_pb2_grpc.StoreStub(ch), [tiny_gguf], "ai/tiny:test", timeout=60)
     with grpc.insecure_channel(runner_addr) as ch:
         runner = runner_pb2_grpc.RunnerStub(ch)
         request = runner_pb2.GenerateRequest(
@@ -89,19 +67,11 @@ def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path
     assert '"context_size": 256' in state.read_text()
 
 
-def open_paths(pid: int) -> set[str]:
-    """Files a process has open or mapped (llama.cpp mmaps the weights)."""
-    paths = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd") if fd.isdigit()}
-    with open(f"/proc/{pid}/maps") as maps:
-        paths |= {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
-    return paths
-
-
 def test_deleting_a_loaded_model_keeps_the_runner_serving_and_frees_the_space_on_unload(stack, tiny_gguf):
     store_addr, runner_addr, _, runner_pid = stack
     with grpc.insecure_channel(store_addr) as ch:
         store = store_pb2_grpc.StoreStub(ch)
-        store.PackageModel(store_pb2.PackageModelRequest(gguf_path=str(tiny_gguf), name="ai/tiny:gone"), timeout=60)
+        package_files(store, [tiny_gguf], "ai/tiny:gone", timeout=60)
         blob = store.ResolveModel(store_pb2.ResolveModelRequest(name="ai/tiny:gone"), timeout=10).gguf_paths[0]
         with grpc.insecure_channel(runner_addr) as rch:
             runner = runner_pb2_grpc.RunnerStub(rch)

@@ -1,0 +1,249 @@
+"""`python -m modelrunner.runner.engine_process`: one loaded model's engine in a process of its own.
+
+The Runner (engine_client.py) starts one per loaded model, so that a native abort (GGML_ASSERT,
+std::terminate), an OOM kill or a hung decode costs that model's streams only. The process reads its
+spec as one JSON line on stdin, loads the model, serves the Runner service's per-model RPCs for it
+(the same RunnerService code, over a one-model manager) on a Unix socket in the private directory
+the Runner made for it, and answers one JSON line on its original stdout: the model's facts, or the
+load error. It also serves `Stats` (load, how long the current decode step has run, the metrics its
+decode loop recorded since the last call), which the Runner polls.
+
+It ends when the Runner says so (SIGTERM), when the Runner dies (PR_SET_PDEATHSIG, and EOF on stdin),
+and when its decode loop ends by itself (exit code EXIT_DECODE_LOOP): an engine that cannot decode
+must not take work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.common.interceptors import ServiceErrorInterceptor
+from modelrunner.common.logs import setup_logging
+from modelrunner.common.server import SERVER_OPTIONS
+from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions
+from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from modelrunner.runner.engine import EngineSpec, LocalEngine, start_local_engine
+from modelrunner.runner.manager import Loaded
+from modelrunner.runner.metrics import RecordedMetrics
+from modelrunner.runner.resolver import ResolvedModel
+from modelrunner.runner.scheduler import Arrivals
+from modelrunner.runner.service import RunnerService
+from modelrunner.v1 import runner_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+STATS_METHOD = "/modelrunner.engine.Engine/Stats"
+# The Runner's count of requests still resolving a model name when it forwarded this one (see Arrivals).
+ARRIVING_KEY = "x-modelrunner-arriving"
+EXIT_DECODE_LOOP = 70
+_PR_SET_PDEATHSIG = 1
+
+
+def spec_to_json(spec: EngineSpec, socket: str, *, log_level: str, log_format: str) -> str:
+    return json.dumps({
+        "socket": socket,
+        "parent_pid": os.getpid(),
+        "log_level": log_level,
+        "log_format": log_format,
+        "resolved": dataclasses.asdict(spec.resolved),
+        "options": dataclasses.asdict(spec.options),
+        "max_queue": spec.max_queue,
+        "keep_prompts": spec.keep_prompts,
+    })
+
+
+def spec_from_json(data: dict) -> EngineSpec:
+    resolved = data["resolved"]
+    options = data["options"]
+    return EngineSpec(
+        resolved=ResolvedModel(**{**resolved, "gguf_paths": tuple(resolved["gguf_paths"])}),
+        options=LoadOptions(**{**options, "runtime_flags": tuple(options["runtime_flags"])}),
+        max_queue=data["max_queue"],
+        keep_prompts=data["keep_prompts"],
+    )
+
+
+class ForwardedArrivals(Arrivals):
+    """Arrivals as the Runner counts them: each forwarded request carries the Runner's count, so the
+    scheduler here gathers a burst as it would in the Runner's own process."""
+
+    def report(self, count: int) -> None:
+        self.count = count
+        if not count:
+            for wake in list(self._listeners):
+                wake()
+
+
+class ArrivalsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, arrivals: ForwardedArrivals) -> None:
+        self.arrivals = arrivals
+
+    async def intercept_service(self, continuation, handler_call_details):
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == ARRIVING_KEY:
+                self.arrivals.report(int(value))
+        return await continuation(handler_call_details)
+
+
+class DecodeClock:
+    """Times the model's decode calls, so a hung one is seen (the Runner kills this process)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._started = 0.0
+        decode = model.decode
+
+        def timed() -> int:
+            self._started = time.monotonic()
+            try:
+                return decode()
+            finally:
+                self._started = 0.0
+
+        model.decode = timed  # type: ignore[method-assign]
+
+    def running_for(self) -> float:
+        started = self._started
+        return time.monotonic() - started if started else 0.0
+
+
+class OneModel:
+    """The part of ModelManager that RunnerService's per-model RPCs use, over this process's model."""
+
+    def __init__(self, entry: Loaded, backend: Backend) -> None:
+        self.entry = entry
+        self.backend = backend
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, name: str, keep_alive: str = "") -> AsyncIterator[Loaded]:
+        yield self.entry
+
+
+def _stats_handler(engine: LocalEngine, clock: DecodeClock, recorded: RecordedMetrics) -> grpc.GenericRpcHandler:
+    async def stats(_request: bytes, _context) -> bytes:
+        scheduler = engine.scheduler
+        return json.dumps({
+            "busy": scheduler.busy_slots,
+            "queued": scheduler.queued,
+            "decoding_for": clock.running_for(),
+            "metrics": recorded.drain(),
+        }).encode()
+
+    service, _, method = STATS_METHOD[1:].partition("/")
+    return grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(stats)})
+
+
+def _facts(engine: LocalEngine) -> dict:
+    facts = dataclasses.asdict(engine.model.facts)
+    facts["stop_tokens"] = sorted(facts["stop_tokens"])
+    return facts
+
+
+def _answer(ready: TextIO, message: dict) -> None:
+    ready.write(json.dumps(message) + "\n")
+    ready.close()
+
+
+def _remove_socket(socket: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(socket)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(socket))
+
+
+def _die_with(parent_pid: int, socket: str) -> None:
+    """Ends this process when the Runner ends, whichever way it ends (SIGKILL included)."""
+
+    def leave(*_args) -> None:
+        _remove_socket(socket)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    # Ctrl-C reaches the whole process group: the Runner drains its calls then stops this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before prctl
+        leave()
+
+    def watch_stdin() -> None:
+        sys.stdin.buffer.read()  # EOF: the Runner closed its end or died
+        leave()
+
+    threading.Thread(target=watch_stdin, name="parent-watch", daemon=True).start()
+
+
+def _first_to_go_when_memory_runs_out() -> None:
+    """Short of memory, the kernel is to kill an engine (its model's streams) rather than the Runner."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("500")
+
+
+def _watch_decode_loop(engine: LocalEngine, socket: str) -> None:
+    engine.scheduler._thread.join()
+    log.error(
+        "the decode loop ended: this engine takes no more work", extra={"fields": {"model": engine.scheduler.name}}
+    )
+    _remove_socket(socket)
+    os._exit(EXIT_DECODE_LOOP)
+
+
+async def serve(data: dict, ready: TextIO) -> None:
+    spec = spec_from_json(data)
+    socket = data["socket"]
+    backend = LlamaCppBackend()
+    arrivals = ForwardedArrivals()
+    recorded = RecordedMetrics()
+    try:
+        engine = start_local_engine(backend, spec, recorded, arrivals)
+    except ServiceError as exc:
+        _answer(ready, {"error": exc.message, "code": exc.code.name})
+        return
+    clock = DecodeClock(engine.model)
+    entry = Loaded(
+        resolved=spec.resolved, engine=engine, memory=engine.model.memory, keep_alive=None, keep_alive_text="",
+        last_used=time.time(),
+    )
+    server = grpc.aio.server(
+        interceptors=[ArrivalsInterceptor(arrivals), ServiceErrorInterceptor()], options=SERVER_OPTIONS
+    )
+    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(OneModel(entry, backend)), server)
+    server.add_generic_rpc_handlers((_stats_handler(engine, clock, recorded),))
+    if not server.add_insecure_port(f"unix:{socket}"):
+        raise OSError(f"cannot listen on {socket}")
+    await server.start()
+    threading.Thread(target=_watch_decode_loop, args=(engine, socket), name="decode-watch", daemon=True).start()
+    _answer(ready, {"facts": _facts(engine)})
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    ready = os.fdopen(os.dup(1), "w")  # the one answer; anything else written to stdout goes to stderr
+    os.dup2(2, 1)
+    data = json.loads(sys.stdin.readline())
+    _die_with(data["parent_pid"], data["socket"])
+    _first_to_go_when_memory_runs_out()
+    setup_logging("runner-engine", data["log_level"], data["log_format"])
+    try:
+        asyncio.run(serve(data, ready))
+    finally:
+        _remove_socket(data["socket"])
+
+
+if __name__ == "__main__":
+    main()
