@@ -27,6 +27,7 @@ LLAMA_SERVER = CACHE / "llama-server" / "bin" / "llama-server"
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0
+GEMMA_NAME = "ai/gemma3:270M-Q4_K_M"  # the benchmarks' model, packaged into each stack they start
 
 
 @dataclass
@@ -40,12 +41,25 @@ class Endpoint:
     extra: dict = field(default_factory=dict)
 
     def peak_rss_bytes(self) -> int | None:
-        """VmHWM (the process's lifetime peak resident set) from /proc, read while it still runs."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return None
+        """VmHWM (a process's lifetime peak resident set) from /proc, read while it still runs, summed over
+        the process and its children: the Runner's engines run in child processes of their own."""
+        peaks = [_peak_rss(pid) for pid in (self.pid, *_children(self.pid))]
+        known = [p for p in peaks if p is not None]
+        return sum(known) if known else None
+
+
+def _peak_rss(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
 
 
 def gemma_path() -> Path:
@@ -167,10 +181,9 @@ def _llama_server_env() -> dict[str, str]:
 def modelrunner_stack(model: Path, context: int, slots: int, logs: Path, prompt_cache: bool = True) -> Iterator[Endpoint]:
     """Our whole stack through its launcher (`modelrunner up --foreground`) in a temporary data dir
     on free ports, the Runner set to `slots` slots and `context` tokens by its environment; the model
-    is packaged from the cached GGUF (the launcher's default import would assemble it again)."""
+    is packaged from the cached GGUF."""
     import grpc
 
-    from modelrunner.default_model import NAME
     from modelrunner.stack import StackLayout
     from modelrunner.store.upload import package_files
     from modelrunner.v1 import store_pb2_grpc
@@ -188,8 +201,8 @@ def modelrunner_stack(model: Path, context: int, slots: int, logs: Path, prompt_
             with _child(command, log, env=env) as process:
                 state = _wait_stack(layout, process, log)
                 with grpc.insecure_channel(state.services["store"]["addr"]) as channel:
-                    package_files(store_pb2_grpc.StoreStub(channel), [model], NAME, timeout=300)
-                yield Endpoint(f"modelrunner (gateway, {slots} slots)", state.url, NAME,
+                    package_files(store_pb2_grpc.StoreStub(channel), [model], GEMMA_NAME, timeout=300)
+                yield Endpoint(f"modelrunner (gateway, {slots} slots)", state.url, GEMMA_NAME,
                                state.services["runner"]["pid"], {"ignore_eos": True})
         finally:  # the services' logs outlive the temporary data directory
             if layout.logs_dir.exists():

@@ -110,8 +110,9 @@ class Unavailable(RuntimeError):
 
 async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint, prompt: str, tokens: int) -> Trace:
     """One streamed /v1/completions request; a token event is an SSE chunk carrying text."""
-    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, **endpoint.extra}
+    # repeat_penalty 1: llama-server's default, where the stack's default for a base model is 1.2
+    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0,
+            "stream": True, "stream_options": {"include_usage": True}, **endpoint.extra}
     start = time.perf_counter()
     arrivals: list[float] = []
     usage: int | None = None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -19,6 +19,7 @@ from modelrunner.common.errors import ServiceError
 from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions, ModelFacts
 from modelrunner.runner.chat import ChatRenderer, TemplateError, choose_format
 from modelrunner.runner.metrics import RunnerMetrics
+from modelrunner.runner.model_settings import sampling_defaults
 from modelrunner.runner.resolver import ResolvedModel
 from modelrunner.runner.scheduler import Arrivals, Scheduler
 
@@ -85,6 +86,7 @@ class LocalEngine:
     scheduler: Scheduler
     renderer: ChatRenderer | None
     stop_tokens: frozenset[int]
+    sampling_defaults: Mapping[str, float] = field(default_factory=dict)  # for what a request leaves unset
 
     async def refresh(self) -> None:
         """Always up to date: `scheduler` is the scheduler itself."""
@@ -113,7 +115,22 @@ def start_local_engine(backend: Backend, spec: EngineSpec, metrics, arrivals: Ar
         model, name=resolved.reference, max_queue=spec.max_queue, metrics=metrics, arrivals=arrivals,
         keep_prompts=spec.keep_prompts,
     )
-    return LocalEngine(model, scheduler, renderer, stops)
+    return LocalEngine(model, scheduler, renderer, stops, model_sampling_defaults(renderer, spec.options))
+
+
+# Small models loop: the same phrase until max_tokens. Measured (bench/sampling_defaults.py, RESULTS.md):
+# Gemma 3 270M, a base model, loops in 100% of answers at repeat_penalty 1.0, 12% at 1.1, 0% at 1.2;
+# SmolLM2 135M Instruct loops when greedy at 1.0 and answers at 1.1. Runtime flags (--repeat-penalty,
+# --temp, ...) override these per model, and a request's own values override both.
+BASE_MODEL_REPEAT_PENALTY = 1.2
+CHAT_MODEL_REPEAT_PENALTY = 1.1
+
+
+def model_sampling_defaults(renderer: ChatRenderer | None, options: LoadOptions) -> dict[str, float]:
+    """A base model (no chat template of its own) gets the stronger repeat penalty."""
+    base = renderer is None or renderer.format.source.startswith("builtin:")
+    penalty = BASE_MODEL_REPEAT_PENALTY if base else CHAT_MODEL_REPEAT_PENALTY
+    return {"repeat_penalty": penalty, **sampling_defaults(options.runtime_flags)}
 
 
 def chat_for(resolved: ResolvedModel, model: LoadedModel) -> tuple[ChatRenderer, frozenset[int]]:

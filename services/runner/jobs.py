@@ -81,6 +81,7 @@ def build_job(request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
         logprobs=request.top_logprobs if request.logprobs else -1,
         banned=banned,
         vocab_size=model.facts.vocab_size,
+        defaults=entry.engine.sampling_defaults,
     )
     return Job(
         prompt=prompt,

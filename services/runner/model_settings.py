@@ -51,19 +51,49 @@ _FLAGS = {
 }
 
 
-def parse_runtime_flags(flags: list[str]) -> dict[str, int | bool]:
-    """Options from llama-server style flags; raises ValueError naming the flags it knows."""
-    out: dict[str, int | bool] = {}
+# Sampling defaults a model's runtime flags may set (llama-server's spelling, with its ranges); a
+# request's own values win over them.
+SAMPLING_FLAGS = {
+    "--temp": ("temperature", 0.0, 2.0), "--top-k": ("top_k", 0, 1 << 20), "--top-p": ("top_p", 1e-6, 1.0),
+    "--min-p": ("min_p", 0.0, 1.0), "--repeat-penalty": ("repeat_penalty", 0.0, 10.0),
+}
+
+
+def _pairs(flags: list[str]) -> list[tuple[str, str]]:
     items = [part for flag in flags for part in flag.split("=", 1)] if flags else []
-    i = 0
-    while i < len(items):
-        flag = items[i]
-        if flag not in _FLAGS:
-            known = ", ".join(sorted({k for k in _FLAGS if k.startswith("--")}))
+    known = ", ".join(sorted({k for k in (*_FLAGS, *SAMPLING_FLAGS) if k.startswith("--")}))
+    for flag in items[::2]:
+        if flag not in _FLAGS and flag not in SAMPLING_FLAGS:
             raise ValueError(f"unsupported runtime flag {flag!r}: supported flags are {known}")
-        if i + 1 >= len(items):
-            raise ValueError(f"runtime flag {flag} needs a value")
-        key, raw = _FLAGS[flag], items[i + 1]
+    if len(items) % 2:
+        raise ValueError(f"runtime flag {items[-1]} needs a value")
+    return list(zip(items[::2], items[1::2]))
+
+
+def sampling_defaults(flags: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """The sampling defaults runtime flags set; raises ValueError naming a bad value."""
+    out: dict[str, float] = {}
+    for flag, raw in _pairs(list(flags)):
+        if flag not in SAMPLING_FLAGS:
+            continue
+        key, low, high = SAMPLING_FLAGS[flag]
+        try:
+            value = int(raw) if key == "top_k" else float(raw)
+        except ValueError:
+            raise ValueError(f"{flag} takes a number, not {raw!r}") from None
+        if not low <= value <= high:  # NaN fails too
+            raise ValueError(f"{flag} must be in [{low}, {high}], not {raw}")
+        out[key] = value
+    return out
+
+
+def parse_runtime_flags(flags: list[str]) -> dict[str, int | bool]:
+    """Load options from llama-server style flags; raises ValueError naming the flags it knows."""
+    out: dict[str, int | bool] = {}
+    for flag, raw in _pairs(flags):
+        if flag in SAMPLING_FLAGS:
+            continue
+        key = _FLAGS[flag]
         if key == "flash_attention":
             if raw not in ("on", "off", "true", "false", "1", "0"):
                 raise ValueError(f"{flag} takes on or off, not {raw!r}")
@@ -73,7 +103,6 @@ def parse_runtime_flags(flags: list[str]) -> dict[str, int | bool]:
                 out[key] = int(raw)
             except ValueError:
                 raise ValueError(f"{flag} takes an integer, not {raw!r}") from None
-        i += 2
     return out
 
 
@@ -96,6 +125,7 @@ class ModelConfig:
         if self.keep_alive:
             parse_keep_alive(self.keep_alive)
         parse_runtime_flags(self.runtime_flags)
+        sampling_defaults(self.runtime_flags)
 
     def load_options(self, defaults: LoadOptions) -> LoadOptions:
         """The options a (re)load uses: explicit fields win over runtime flags, which win over defaults."""

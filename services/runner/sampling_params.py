@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from modelrunner.runner.sampling import (
     DEFAULT_MIN_P,
     DEFAULT_TEMPERATURE,
@@ -14,12 +16,15 @@ from modelrunner.v1 import runner_pb2
 
 
 def sampling_options(
-    p: runner_pb2.SamplingParams, *, logprobs: int, banned: frozenset[int], vocab_size: int
+    p: runner_pb2.SamplingParams, *, logprobs: int, banned: frozenset[int], vocab_size: int,
+    defaults: Mapping[str, float] | None = None,
 ) -> SamplingOptions:
-    """`logprobs`: -1 for none, else how many top alternatives; `banned`: tokens never sampled."""
+    """`logprobs`: -1 for none, else how many top alternatives; `banned`: tokens never sampled;
+    `defaults`: the model's own sampling defaults, for what the request leaves unset."""
+    model_defaults = defaults or {}
 
     def opt(name: str, default):
-        return getattr(p, name) if p.HasField(name) else default
+        return getattr(p, name) if p.HasField(name) else model_defaults.get(name, default)
 
     top_k = opt("top_k", DEFAULT_TOP_K)
     seed = opt("seed", None)
