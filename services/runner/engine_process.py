@@ -86,8 +86,7 @@ class ForwardedArrivals(Arrivals):
     def report(self, count: int) -> None:
         self.count = count
         if not count:
-            for wake in list(self._listeners):
-                wake()
+            self._wake()
 
 
 class ArrivalsInterceptor(grpc.aio.ServerInterceptor):
@@ -195,7 +194,7 @@ def _first_to_go_when_memory_runs_out() -> None:
 
 
 def _watch_decode_loop(engine: LocalEngine, socket: str) -> None:
-    engine.scheduler._thread.join()
+    engine.scheduler.wait_decode_loop()
     log.error(
         "the decode loop ended: this engine takes no more work", extra={"fields": {"model": engine.scheduler.name}}
     )

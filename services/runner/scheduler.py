@@ -184,8 +184,11 @@ class Arrivals:
         finally:
             self.count -= 1
             if not self.count:
-                for wake in list(self._listeners):
-                    wake()
+                self._wake()
+
+    def _wake(self) -> None:
+        for wake in list(self._listeners):
+            wake()
 
     def listen(self, wake: Callable[[], None]) -> None:
         """`wake` is called whenever no request is on its way any more."""
@@ -296,6 +299,10 @@ class Scheduler:
                 job.grammar.close()
             raise
         return stream
+
+    def wait_decode_loop(self) -> None:
+        """Blocks until the decode thread ends: by close(), or by a failure of its own."""
+        self._thread.join()
 
     def close(self) -> None:
         """Stops the thread (requests still running end with an error) and frees the model."""
