@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.test_gateway_live import Stack
 from tests.support.browser import chromium, console_errors, wait_for
+from tests.support.packaging import package
 from tests.support.registry import Registry, dmr_artifact, upload
 
 
@@ -158,3 +159,48 @@ def test_with_a_key_the_page_asks_for_it_and_keeps_it_in_the_tab(keyed_stack, br
     assert "page-secret" not in browser.get_cookies().__repr__()
     browser.save_screenshot(str(tmp_path / "keyed.png"))
     assert all("401" in error for error in console_errors(browser))  # only the first, keyless calls
+
+
+@pytest.mark.slow
+def test_the_running_table_shows_busy_slots_while_a_chat_streams(stack, browser, gemma_gguf, tmp_path: Path):
+    """Gemma streams for minutes with 2000 tokens to go, so the table is seen busy; Stop frees the slot."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    package(f"127.0.0.1:{stack.ports['store']}", gemma_gguf, "ai/gemma3")
+    browser.get(f"{stack.url}/#chat")
+    wait_for(browser, lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#chat-model option")
+                                 if o.get_attribute("value") == "ai/gemma3:latest"], "Gemma is offered")
+    Select(browser.find_element(By.ID, "chat-model")).select_by_value("ai/gemma3:latest")
+    browser.find_element(By.ID, "chat-max-tokens").send_keys("2000")
+    browser.find_element(By.ID, "chat-input").send_keys("Tell me a long story about the sea.\n")
+    wait_for(browser, lambda d: text_of(d, ".message.assistant .content").strip(), "the answer starts streaming",
+             timeout=180)
+    browser.execute_script("location.hash = '#running'")
+    row = '#running-table tr[data-model="ai/gemma3:latest"] td[data-field="slots"]'
+    wait_for(browser, lambda d: text_of(d, row).startswith("1/"), "one slot busy while the chat streams")
+    browser.save_screenshot(str(tmp_path / "running-busy.png"))
+    browser.execute_script("location.hash = '#chat'")
+    browser.find_element(By.ID, "chat-stop").click()
+    wait_for(browser, lambda d: text_of(d, ".message.assistant .stats") == "stopped", "the chat stops")
+    browser.execute_script("location.hash = '#running'")
+    wait_for(browser, lambda d: text_of(d, row).startswith("0/"), "the slot is free again")
+
+
+def test_at_phone_width_no_view_scrolls_sideways(stack, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    with chromium(tmp_path / "profile", width=390, height=844) as phone:
+        phone.get(stack.url)
+        for view in ("models", "running", "load", "requests", "chat"):
+            phone.execute_script(f"location.hash = '#{view}'")
+            wait_for(phone, lambda d, v=view: d.find_element(By.ID, f"view-{v}").is_displayed(), f"{view} shows")
+            width = phone.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+            assert width[0] <= width[1], (view, width)
+            phone.save_screenshot(str(tmp_path / f"phone-{view}.png"))
+        # The keyboard reaches the views: focus the first link and follow it with Enter.
+        phone.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+        assert phone.switch_to.active_element.get_attribute("data-view") == "models"
+        phone.switch_to.active_element.send_keys(Keys.ENTER)
+        wait_for(phone, lambda d: d.find_element(By.ID, "view-models").is_displayed(), "Enter opens the view")
