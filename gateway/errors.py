@@ -117,7 +117,7 @@ def from_upstream(error: UpstreamError, *, model: str | None = None) -> APIError
     return APIError(status, message, type=kind, code=code, headers=headers)
 
 
-_FIELD = re.compile(r"^[a-z_][a-z0-9_-]*$")
+_FIELD = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")  # a field, or a map key such as a token id
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
 
 
@@ -138,8 +138,11 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
         return APIError(400, f"malformed JSON body: {detail}".rstrip(": "), code="invalid_json")
-    field = _field_path(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid value")
+    named = (first.get("ctx") or {}).get("param")  # a check of the whole body names the field itself
+    if named:
+        return APIError(400, message, param=named, code="invalid_value")
+    field = _field_path(tuple(first.get("loc", ())))
     return APIError(400, f"{field}: {message}" if field else message, param=field or None, code="invalid_value")
 
 
@@ -165,5 +168,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RecursionError):  # only a hostile body nests this deep, whichever parser met it
+            return APIError(400, "the request body is nested too deeply to parse", code="invalid_json").response()
         log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
         return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()

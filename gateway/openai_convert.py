@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 import time
 import uuid
@@ -64,13 +65,10 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> runner_pb2.Sampli
         value = getattr(body, name)
         if value is not None:
             setattr(params, name, value)
-    if body.stop is not None:
-        params.stop.extend([body.stop] if isinstance(body.stop, str) else body.stop)
+    if body.stop is not None:  # llama.cpp's server ignores empty stop strings; here one would end every answer
+        params.stop.extend(s for s in ([body.stop] if isinstance(body.stop, str) else body.stop) if s)
     for token, bias in (body.logit_bias or {}).items():
-        try:
-            params.logit_bias[int(token)] = bias
-        except ValueError:
-            raise APIError(400, f"logit_bias: key {token!r} is not a token id", param="logit_bias") from None
+        params.logit_bias[int(token)] = bias  # the model checked the keys
     return params
 
 
@@ -90,9 +88,10 @@ def chat_request(body: ChatCompletionRequest, model: ModelName) -> runner_pb2.Ge
             )
         )
     if body.tools:
-        chat.tools_json = json.dumps(body.tools)
+        chat.tools_json = json.dumps([t.model_dump(mode="json", exclude_unset=True) for t in body.tools])
     if body.tool_choice is not None:
-        chat.tool_choice_json = json.dumps(body.tool_choice)
+        choice = body.tool_choice
+        chat.tool_choice_json = json.dumps(choice if isinstance(choice, str) else choice.model_dump(mode="json"))
     request = runner_pb2.GenerateRequest(
         model=model.qualified,
         chat=chat,
@@ -128,8 +127,6 @@ def completion_request(body: CompletionRequest, model: ModelName) -> runner_pb2.
 
 def embed_request(body: EmbeddingRequest, model: ModelName) -> runner_pb2.EmbedRequest:
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    if not inputs:
-        raise APIError(400, "input: give at least one string", param="input")
     return runner_pb2.EmbedRequest(model=model.qualified, inputs=inputs)
 
 
@@ -155,15 +152,24 @@ def tool_calls(calls, *, indexed: bool = False) -> list[dict]:
     return out
 
 
+LOGPROB_FLOOR = -9999.0  # what OpenAI answers for a token of no probability: JSON has no -Infinity
+
+
+def finite_logprob(value: float) -> float:
+    """A grammar's or a bias's banned token has logprob -inf, which no JSON answer can carry."""
+    return value if math.isfinite(value) else LOGPROB_FLOOR
+
+
 def chat_logprobs(items) -> dict:
     return {
         "content": [
             {
                 "token": item.token,
-                "logprob": item.logprob,
+                "logprob": finite_logprob(item.logprob),
                 "bytes": list(item.bytes or item.token.encode()),
                 "top_logprobs": [
-                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode())} for t in item.top
+                    {"token": t.token, "logprob": finite_logprob(t.logprob), "bytes": list(t.token.encode())}
+                    for t in item.top
                 ],
             }
             for item in items
@@ -179,8 +185,8 @@ def completion_logprobs(items, offset: int = 0) -> dict:
         tokens.append(item.token)
     return {
         "tokens": tokens,
-        "token_logprobs": [item.logprob for item in items],
-        "top_logprobs": [{t.token: t.logprob for t in item.top} for item in items],
+        "token_logprobs": [finite_logprob(item.logprob) for item in items],
+        "top_logprobs": [{t.token: finite_logprob(t.logprob) for t in item.top} for item in items],
         "text_offset": offsets,
     }
 
@@ -191,6 +197,7 @@ class Collected:
 
     text: str = ""
     finish_reason: str = ""
+    stop_sequence: str = ""
     usage: runner_pb2.Usage = field(default_factory=runner_pb2.Usage)
     tool_calls: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
@@ -201,6 +208,7 @@ class Collected:
         self.logprobs.extend(chunk.logprobs)
         self.tool_calls.extend(chunk.tool_calls)
         self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.stop_sequence = chunk.stop_sequence or self.stop_sequence
         self.model = self.model or chunk.model
         if chunk.HasField("usage"):
             self.usage = chunk.usage

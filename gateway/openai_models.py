@@ -1,15 +1,87 @@
 """Request bodies of the OpenAI routes. Pydantic validates them (a wrong type is a 400 naming the field)
-and FastAPI puts their schemas into /openapi.json. Unknown fields are ignored, as OpenAI's API does."""
+and FastAPI puts their schemas into /openapi.json. Unknown fields are ignored, as OpenAI's API does.
+
+Every value is checked against what the Runner's gRPC contract can carry (int32/int64 fields, finite
+floats, UTF-8 text) and what the engine can use (llama.cpp's ranges), so a hostile body is a 400 here
+and never an error deep in the Runner.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+MAX_MESSAGES = 4096
+MAX_STOP = 16  # llama.cpp's server takes any number; OpenAI 4: 16 is room for both
+MAX_STOP_CHARS = 256
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_LOGIT_BIAS = 1024
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit
+MAX_JSON_DEPTH = 64  # a body nested deeper (schemas included) is an attack, not a request
+NAME = r"^[A-Za-z0-9_.:-]{1,64}$"  # OpenAI's function names, plus "." and ":" (MCP's)
+KEEP_ALIVE = r"^[+-]?[0-9][0-9a-z.]{0,31}$"  # "5m", "1h30m", "30s", "0", "-1": the Runner parses it
+
+
+def invalid(message: str, param: str | None = None) -> PydanticCustomError:
+    """A validation error whose message is ours alone (pydantic's ValueError adds "Value error, "); a
+    `param` names the field where pydantic's location cannot (errors.validation_error reads it)."""
+    return PydanticCustomError("invalid_value", message, {"param": param} if param else None)
+
+
+def check_json(value: Any) -> Any:
+    """Refuses, anywhere in a body, what no field can mean: NaN or infinite numbers (Python's JSON parser
+    accepts the `NaN` literal, and 1e999 is infinity), text that is not UTF-8 (lone surrogate escapes,
+    which protobuf cannot encode), nesting deeper than MAX_JSON_DEPTH. Iterative: no depth overflows
+    the stack. Paths are written as errors.validation_error writes fields: `messages[0].content`."""
+    pending: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while pending:
+        item, path, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise invalid(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels", path)
+        if isinstance(item, float) and not math.isfinite(item):
+            raise invalid(f"{path or 'body'}: {item} is not a JSON number; give a finite number", path)
+        if isinstance(item, str):
+            _utf8(item, path)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{path}.{key}" if path else str(key)
+                _utf8(str(key), child_path)
+                pending.append((child, child_path, depth + 1))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return value
+
+
+def _utf8(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(f"{path or 'body'}: text with a lone surrogate escape (\\ud800-\\udfff) is not UTF-8",
+                      path) from None
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Request(_Lenient):
+    """A whole request body: checked by check_json before any field."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wire_safe(cls, data: Any) -> Any:
+        return check_json(data)
+
+
+class _Open(BaseModel):
+    """Keeps unknown fields: passed on to the chat template as given."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class ContentPart(_Lenient):
@@ -18,22 +90,43 @@ class ContentPart(_Lenient):
 
 
 class FunctionCall(_Lenient):
-    name: str
+    name: str = Field(max_length=256)
     arguments: str = ""
 
 
 class ToolCall(_Lenient):
-    id: str = ""
-    type: str = "function"
+    id: str = Field(default="", max_length=256)
+    type: str = Field(default="function", max_length=64)
     function: FunctionCall
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_call_id: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    name: str | None = Field(default=None, max_length=256)
+    tool_call_id: str | None = Field(default=None, max_length=256)
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+
+
+class FunctionDefinition(_Open):
+    name: str = Field(pattern=NAME, description="1 to 64 letters, digits, _ . : -")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Lenient):
+    name: str = Field(pattern=NAME)
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: ToolChoiceFunction
 
 
 class StreamOptions(_Lenient):
@@ -41,7 +134,7 @@ class StreamOptions(_Lenient):
 
 
 class JsonSchemaFormat(_Lenient):
-    name: str = ""
+    name: str = Field(default="", max_length=256)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
@@ -51,34 +144,57 @@ class ResponseFormat(_Lenient):
     json_schema: JsonSchemaFormat | None = None
 
 
-class SamplingFields(_Lenient):
-    """Sampling fields both completion routes share (llama.cpp's extras included)."""
+class SamplingFields(_Request):
+    """Sampling fields both completion routes share (llama.cpp's extras included), in the ranges the
+    proto's types and llama.cpp's samplers take."""
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=0)
+    model: str = Field(min_length=1, max_length=1024)
+    max_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=INT32_MAX, description="0: the whole vocabulary")
     min_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-1, le=INT64_MAX, description="-1: random (llama.cpp's)")
+    stop: str | list[str] | None = Field(
+        default=None, description=f"a string or up to {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters"
+    )
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    repeat_penalty: float | None = Field(default=None, ge=0)
-    logit_bias: dict[str, float] | None = None
+    repeat_penalty: float | None = Field(default=None, ge=0, le=100, description="1: off")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS, description="token id -> bias in [-100, 100]"
+    )
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="keep generating past end of sequence (llama.cpp's)")
-    keep_alive: str | None = None
-    user: str | None = None
+    keep_alive: str | None = Field(default=None, pattern=KEEP_ALIVE, description="'5m', '30s', '0', '-1' (forever)")
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_count(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise invalid(f"give at most {MAX_STOP} stop strings, not {len(stops)}")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise invalid(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isascii() or not key.isdigit() or int(key) > INT32_MAX:
+                raise invalid(f"key {key[:32]!r} is not a token id (an integer from 0 to {INT32_MAX})")
+        return value
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -90,9 +206,31 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
 
 
-class EmbeddingRequest(_Lenient):
-    model: str = Field(min_length=1)
-    input: str | list[str]
+class EmbeddingRequest(_Request):
+    model: str = Field(min_length=1, max_length=1024)
+    input: str | list[str] = Field(description=f"a non-empty string or up to {MAX_EMBED_INPUTS} of them")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise invalid("give at least one string")
+        if len(items) > MAX_EMBED_INPUTS:
+            raise invalid(f"give at most {MAX_EMBED_INPUTS} inputs, not {len(items)}")
+        if any(_token_ids(i) for i in items):
+            raise invalid("token id arrays are not supported: send the text")
+        if any(i == "" for i in items):
+            raise invalid("an input is empty: every input needs some text")
+        return value
+
+
+def _token_ids(item: Any) -> bool:
+    """An OpenAI token id input: an integer, or a non-empty list of integers (booleans are not ids)."""
+    def is_id(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    return is_id(item) or (isinstance(item, list) and bool(item) and all(is_id(t) for t in item))

@@ -6,6 +6,10 @@ backend that is going away), waits until each reports grpc.health.v1 SERVING and
 /healthz answers, imports the default model on first start, and records the stack in
 `run/stack.json` for `status`, `logs` and `down`. In the background (`up` without -f) the same
 supervisor runs detached; `down` sends it SIGTERM.
+
+Once the stack is up, a service that exits (a crash, an OOM kill, a SIGKILL) is restarted after an
+exponential backoff, its exit code or signal logged and recorded for `status`; one that keeps exiting
+(a crash loop) makes the launcher give up, say so and stop the stack, rather than hide it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelrunner import probes
@@ -56,43 +60,103 @@ def tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Backoff between restarts of a service that exited: `initial_delay`, doubling up to `max_delay`.
+    More than `max_restarts` exits within `window` seconds is a crash loop: the launcher gives up."""
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    max_restarts: int = 5
+    window: float = 120.0
+
+    def delay(self, recent_exits: int) -> float:
+        return min(self.max_delay, self.initial_delay * 2 ** max(0, recent_exits - 1))
+
+
+def exit_status(code: int | None) -> str:
+    """Popen's returncode in words: "code 3", or "signal 9 (SIGKILL)" for a negative one."""
+    if code is None or code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
+
+
 @dataclass
 class Child:
     spec: ServiceSpec
     process: subprocess.Popen
     log: Path
     log_offset: int
+    restarts: int = 0
+    last_exit: str = ""  # "code 1" | "signal 9 (SIGKILL)", with the time, of the last unexpected exit
+    exits: list[float] = field(default_factory=list)  # monotonic times of the exits within the policy's window
+    restart_at: float | None = None  # when the exited process is due to start again
 
     def describe_exit(self) -> str:
-        code = self.process.returncode
-        how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
-        return f"{self.spec.name} exited ({how}); last lines of {self.log}:\n{tail(self.log, self.log_offset)}"
+        return (f"{self.spec.name} exited ({exit_status(self.process.returncode)}); last lines of {self.log}:\n"
+                f"{tail(self.log, self.log_offset)}")
+
+    def record(self) -> dict:
+        """This service as run/stack.json records it (for `status` and `down`)."""
+        return {"pid": self.process.pid, "addr": self.spec.addr, "log": str(self.log), "restarts": self.restarts,
+                "last_exit": self.last_exit, "state": "running" if self.restart_at is None else "restarting"}
 
 
 class Supervisor:
-    """Starts, watches and stops the stack's processes."""
+    """Starts, watches, restarts and stops the stack's processes."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, policy: RestartPolicy | None = None) -> None:
         self.stack = stack
+        self.policy = policy or RestartPolicy()
         self.children: list[Child] = []
 
+    def _launch(self, spec: ServiceSpec) -> tuple[subprocess.Popen, Path, int]:
+        log_path = self.stack.layout.log_file(spec.name)
+        with log_path.open("ab") as log:
+            offset = log.tell()
+            process = subprocess.Popen(
+                spec.command(),
+                env=self.stack.env(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        return process, log_path, offset
+
     def spawn(self) -> None:
-        layout = self.stack.layout
-        layout.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.stack.layout.logs_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.stack.services:
-            log_path = layout.log_file(spec.name)
-            with log_path.open("ab") as log:
-                offset = log.tell()
-                process = subprocess.Popen(
-                    spec.command(),
-                    env=self.stack.env(spec),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                )
-            self.children.append(Child(spec, process, log_path, offset))
+            self.children.append(Child(spec, *self._launch(spec)))
+
+    def tend(self, say: Say, now: float | None = None) -> Child | None:
+        """One supervision step: notes each service that exited and schedules its restart, starts those
+        due; returns a service in a crash loop (the caller gives up), else None."""
+        now = time.monotonic() if now is None else now
+        for child in self.children:
+            if child.restart_at is None and child.process.poll() is not None:
+                child.exits = [t for t in child.exits if now - t < self.policy.window] + [now]
+                child.last_exit = f"{exit_status(child.process.returncode)} at {time.strftime('%H:%M:%S')}"
+                if len(child.exits) > self.policy.max_restarts:
+                    say(f"error: {child.describe_exit()}\nerror: {child.spec.name} exited {len(child.exits)} times "
+                        f"in {self.policy.window:.0f}s: giving up (crash loop); see {child.log}")
+                    return child
+                delay = self.policy.delay(len(child.exits))
+                child.restart_at = now + delay
+                say(f"{child.describe_exit()}\nrestarting {child.spec.name} in {delay:.1f}s")
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.process, child.log, child.log_offset = self._launch(child.spec)
+                child.restarts += 1
+                child.restart_at = None
+                say(f"{child.spec.name} restarted (pid {child.process.pid}, restart {child.restarts})")
+        return None
+
+    def records(self) -> dict[str, dict]:
+        return {c.spec.name: c.record() for c in self.children}
 
     def exited(self) -> Child | None:
         """A child that has exited, if any."""
@@ -138,10 +202,14 @@ class Supervisor:
 
 
 def check_ports_free(stack: Stack) -> None:
-    """Fails fast, naming the port, rather than letting a child die on a bind error."""
+    """Fails fast, naming the port, rather than letting a child die on a bind error.
+
+    SO_REUSEADDR, as the services' own servers bind: a stack stopped a moment ago leaves connections
+    in TIME_WAIT on its ports, which block a plain bind but not the servers (a listener still does)."""
     ports = {"HTTP (--port)": stack.ports.http, **{s.name: int(s.addr.rsplit(":", 1)[1]) for s in stack.services}}
     for what, port in ports.items():
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((HOST, port))
             except OSError:
@@ -168,8 +236,10 @@ def run_foreground(
     timeout: float = 120.0,
     stop_timeout: float | None = None,
     say: Say = print,
+    policy: RestartPolicy | None = None,
 ) -> int:
-    """Runs the stack until Ctrl-C, SIGTERM or a service dies; returns the exit code."""
+    """Runs the stack until Ctrl-C or SIGTERM (0), or until a service crash-loops (1); restarts a service
+    that exits. Returns the exit code."""
     layout = stack.layout
     existing = running_state(layout)
     if existing is not None:
@@ -181,12 +251,10 @@ def run_foreground(
         signal.signal(sig, _raise_stop)
     started = time.monotonic()
     state = StackState(os.getpid(), stack.http_url, str(layout.data_dir), "starting", time.time())
-    supervisor = Supervisor(stack)
+    supervisor = Supervisor(stack, policy)
     try:
         supervisor.spawn()
-        state.services = {
-            c.spec.name: {"pid": c.process.pid, "addr": c.spec.addr, "log": str(c.log)} for c in supervisor.children
-        }
+        state.services = supervisor.records()
         state.write(layout.state_file)
         supervisor.wait_healthy(timeout)
         if default_model:
@@ -194,14 +262,16 @@ def run_foreground(
 
             state.state = "importing"
             state.write(layout.state_file)
-            ensure_default_model(state.services["store"]["addr"], layout.tmp_dir, say)
+            ensure_default_model(state.services["store"]["addr"], say)
         state.state = "ready"
         state.write(layout.state_file)
         say(f"Model Runner is up in {time.monotonic() - started:.1f}s: {stack.http_url} "
             f"(OpenAI API at {stack.http_url}/v1; data in {layout.data_dir})")
-        while (dead := supervisor.exited()) is None:
-            time.sleep(0.5)
-        say(f"error: {dead.describe_exit()}")
+        while supervisor.tend(say) is None:
+            if (records := supervisor.records()) != state.services:
+                state.services = records
+                state.write(layout.state_file)
+            time.sleep(0.2)
         return 1
     except (KeyboardInterrupt, _Stop):
         say("Stopping Model Runner...")

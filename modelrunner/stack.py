@@ -78,10 +78,6 @@ class StackLayout:
     def state_file(self) -> Path:
         return self.run_dir / "stack.json"
 
-    @property
-    def tmp_dir(self) -> Path:
-        return self.data_dir / "tmp"
-
     def log_file(self, service: str) -> Path:
         return self.logs_dir / f"{service}.log"
 

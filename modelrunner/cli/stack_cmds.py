@@ -29,7 +29,7 @@ def up(
         int, typer.Option("--grpc-base-port", help="First of four gRPC ports (store, distribution, runner, gateway); 0: any free.")
     ] = DEFAULT_GRPC_BASE_PORT,
     default_model: Annotated[
-        bool, typer.Option("--default-model/--no-default-model", help="Import Gemma 3 270M on first start.")
+        bool, typer.Option("--default-model/--no-default-model", help="Import SmolLM2 135M Instruct (ai/smollm2) on first start.")
     ] = True,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the stack to be healthy.")] = 120.0,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
@@ -84,14 +84,18 @@ def status(data_dir: DataDirOpt = None, as_json: Annotated[bool, typer.Option("-
     if state:
         report["state"] = state.state
         for name, svc in state.services.items():
-            report["services"][name] = {"pid": svc["pid"], "addr": svc["addr"], "health": probes.grpc_health(svc["addr"])}
+            report["services"][name] = {
+                "pid": svc["pid"], "addr": svc["addr"], "health": probes.grpc_health(svc["addr"]),
+                "restarts": svc.get("restarts", 0), "last_exit": svc.get("last_exit", ""),
+            }
     healthy = report["gateway_http"] == "SERVING" and all(s["health"] == "SERVING" for s in report["services"].values())
     if as_json:
         print_json(report)
     else:
-        rows = [[name, s["addr"], str(s["pid"]), s["health"]] for name, s in report["services"].items()]
-        rows.append(["gateway (HTTP)", url, "-", report["gateway_http"]])
-        table(["SERVICE", "ADDRESS", "PID", "HEALTH"], rows)
+        rows = [[name, s["addr"], str(s["pid"]), s["health"], str(s["restarts"]), s["last_exit"] or "-"]
+                for name, s in report["services"].items()]
+        rows.append(["gateway (HTTP)", url, "-", report["gateway_http"], "-", "-"])
+        table(["SERVICE", "ADDRESS", "PID", "HEALTH", "RESTARTS", "LAST EXIT"], rows)
     if not healthy:
         raise CliError(f"Model Runner is not healthy at {url}: start it with `modelrunner up`"
                        if report["gateway_http"] != "SERVING" else "some services are not healthy: see `modelrunner logs`")

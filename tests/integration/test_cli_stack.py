@@ -1,7 +1,8 @@
 """The `modelrunner` CLI against the live stack that `modelrunner up` starts (real processes, free ports).
 
 One stack for the module, started in the background with a temporary data directory and no default
-model; the tiny GGUF is packaged through the CLI. A real registry process serves push and pull.
+model; the tiny GGUF is packaged through the CLI. A real registry process serves push and pull. The
+robustness tests come last: hostile bodies on every POST route, then SIGKILL of each service.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pexpect
 import pytest
+from hypothesis import HealthCheck, example, given, settings
 
 from tests.conftest import free_port
+from tests.support.fuzz import answer_problem, describe, hostile_request, template
 from tests.support.registry import Registry, dmr_artifact, upload
 
 MODELRUNNER = str(Path(sys.executable).parent / "modelrunner")
@@ -206,3 +210,119 @@ def test_up_in_the_foreground_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def post_routes(url: str) -> list[str]:
+    spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    return sorted(path for path, ops in spec["paths"].items() if "post" in ops)
+
+
+def counters_settle(url: str, timeout: float = 30) -> list[dict]:
+    """/engines/ps once every loaded model has no request queued or decoding: a leaked queue place or
+    slot never gets there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = httpx.get(f"{url}/engines/ps", timeout=30).json()
+        if all(r.get("queued", 0) == 0 and r.get("slots_busy", 0) == 0 for r in running):
+            return running
+        assert time.monotonic() < deadline, f"counters never went back to zero: {running}"
+        time.sleep(0.2)
+
+
+def chat_served(url: str) -> str:
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+X_MESSAGES = [{"role": "user", "content": "x"}]
+ISSUE_CASES = [  # issue 15's reports, each as (route, body)
+    ("/v1/chat/completions", {"model": TINY, "messages": X_MESSAGES, "temperature": 0,
+                              "response_format": {"type": "json_object"}, "logit_bias": {"1000": float("nan")}}),
+    ("/v1/chat/completions", {"model": TINY, "messages": X_MESSAGES, "seed": -1, "max_tokens": 2}),
+    ("/v1/chat/completions", {"model": TINY, "messages": X_MESSAGES, "max_tokens": 99999999999}),
+    ("/v1/completions", {"model": TINY, "prompt": "x", "top_k": 99999999999}),
+    ("/v1/chat/completions", {"model": TINY, "messages": X_MESSAGES, "max_tokens": 4,
+                              "response_format": {"type": "json_schema", "json_schema": {
+                                  "name": "s", "schema": {"type": "string", "maxLength": 5000}}}}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_hostile_bodies_on_every_post_route_never_5xx_and_leak_nothing(cli: Cli) -> None:
+    """Hypothesis over every POST route of the live /openapi.json (chat and completions included) with
+    the real Runner: no 5xx, the stack alive, then a normal request served and every counter at zero."""
+    routes = post_routes(cli.url)
+    registry = Registry()
+    for route in routes:
+        template(route, registry.host)  # each route with path parameters has a template
+    problems: dict[str, str] = {}  # one example per (route, answer) kind: the whole list in one run
+    generated = 0  # answers a model generated: the fuzz must reach the Runner, not stop at validation
+
+    def send(http: httpx.Client, path: str, query: dict[str, str], raw: bytes) -> None:
+        nonlocal generated
+        try:
+            reply = http.post(path, params=query, content=raw)
+            problem = answer_problem(reply)
+            generated += reply.status_code == 200 and path.endswith("completions")
+        except httpx.TimeoutException:
+            problem = "no answer in 120 s"
+        if problem is not None:
+            problems.setdefault(f"{path} -> {problem[:80]}", f"{describe(path, query, raw)}\n  -> {problem}")
+
+    # A connection of its own per request: a failed answer may close it, and the next must not pay for it.
+    headers = {"content-type": "application/json", "connection": "close"}
+    with registry, httpx.Client(base_url=cli.url, timeout=120, headers=headers) as http:
+        for path, body in ISSUE_CASES:
+            for _ in range(3 if body.get("seed") == -1 else 1):
+                send(http, path, {}, json.dumps(body).encode())
+
+        @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(request=hostile_request(routes, registry.host))
+        @example(request=("/v1/chat/completions", {}, b'{"model": "ai/tiny:v1", "messages": [], "top_p": NaN}'))
+        def one(request: tuple[str, dict[str, str], bytes]) -> None:
+            send(http, *request)
+
+        one()
+    assert not problems, "\n".join(problems.values())
+    assert generated >= 5, f"only {generated} completions were generated: the fuzz stopped at validation"
+    print(f"\n{generated} completions generated among the hostile requests")
+    assert httpx.get(f"{cli.url}/healthz", timeout=30).status_code == 200
+    report = json.loads(cli("status", "--json").stdout)
+    assert all(s["restarts"] == 0 for s in report["services"].values()), report
+    counters_settle(cli.url)
+    cli("configure", TINY, "--context-size", "256")
+    assert chat_served(cli.url) is not None
+    counters_settle(cli.url)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("service", ["store", "distribution", "runner", "gateway"])
+def test_a_sigkilled_service_is_restarted_and_serving(cli: Cli, service: str) -> None:
+    """Under `modelrunner up`, SIGKILL one service: the launcher restarts it, `status` shows the restart
+    and the signal, and the stack serves again (polled for readiness, no fixed wait)."""
+    before = json.loads((cli.data_dir / "run" / "stack.json").read_text())["services"][service]
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        report = json.loads(cli("status", "--json", ok=False).stdout)
+        entry = report.get("services", {}).get(service, {})
+        restarted = entry.get("pid") != before["pid"] and entry.get("restarts") == before.get("restarts", 0) + 1
+        healthy = report["gateway_http"] == "SERVING" and all(s["health"] == "SERVING" for s in report["services"].values())
+        if restarted and healthy:
+            break
+        assert time.monotonic() < deadline, f"{service} not back: {report}"
+        time.sleep(0.2)
+    assert entry["last_exit"].startswith("signal 9 (SIGKILL)")
+    assert "RESTARTS" in cli("status").stdout
+    while True:  # the gateway's channel to a restarted service reconnects on gRPC's own backoff
+        models = httpx.get(f"{cli.url}/models", timeout=30)
+        chat = httpx.post(f"{cli.url}/v1/chat/completions", timeout=120, json={
+            "model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0})
+        if models.status_code == 200 and chat.status_code == 200:
+            break
+        assert time.monotonic() < deadline, f"not serving after {service} restarted: {models.text} {chat.text}"
+        time.sleep(0.2)

@@ -8,6 +8,7 @@ import subprocess
 import socket
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,3 +204,76 @@ def test_stop_background_stops_a_recorded_launcher_and_spares_foreign_pids(tmp_p
         assert not layout.state_file.exists()
     finally:
         sleeper.kill()
+
+
+def test_busy_port_check_ignores_time_wait(tmp_path: Path) -> None:
+    """`down` then `up` at once: the old stack's closed connections linger in TIME_WAIT on its ports."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the side closing first keeps the port in TIME_WAIT
+            assert client.recv(1) == b""
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the probe used to do
+    stack = Stack(StackLayout(tmp_path), dataclasses.replace(Ports.from_base(0, 0), http=port))
+    launcher.check_ports_free(stack)
+
+
+def test_exit_status_names_the_signal() -> None:
+    assert launcher.exit_status(3) == "code 3"
+    assert launcher.exit_status(-signal.SIGKILL) == "signal 9 (SIGKILL)"
+
+
+def test_restart_policy_backs_off_exponentially() -> None:
+    policy = launcher.RestartPolicy(initial_delay=0.5, max_delay=4.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5, 9)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def tend_until(supervisor: launcher.Supervisor, done, said: list[str], timeout: float = 30) -> launcher.Child | None:
+    """Runs supervision steps until `done()` or a crash loop; the step's interval only paces the poll."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        looping = supervisor.tend(said.append)
+        if looping is not None or done():
+            return looping
+        time.sleep(0.05)
+    raise AssertionError(f"supervision did not get there in {timeout}s: {said}")
+
+
+def test_a_killed_service_is_restarted_and_recorded(fake_stack: FakeStack) -> None:
+    supervisor = launcher.Supervisor(fake_stack, launcher.RestartPolicy(initial_delay=0.05))
+    supervisor.spawn()
+    said: list[str] = []
+    try:
+        supervisor.wait_healthy(timeout=30)
+        store = supervisor.children[0]
+        old_pid = store.process.pid
+        store.process.kill()
+        assert tend_until(supervisor, lambda: store.restarts == 1, said) is None
+        supervisor.wait_healthy(timeout=30)
+        record = supervisor.records()["store"]
+        assert record["pid"] != old_pid and record["restarts"] == 1 and record["state"] == "running"
+        assert record["last_exit"].startswith("signal 9 (SIGKILL)")
+        assert any("store exited (signal 9 (SIGKILL))" in line for line in said)
+        assert all(supervisor.records()[name]["restarts"] == 0 for name in ("distribution", "runner", "gateway"))
+    finally:
+        supervisor.stop(timeout=10)
+
+
+def test_a_crash_loop_gives_up_saying_so(fake_stack: FakeStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MODE_runner", "crash")
+    policy = launcher.RestartPolicy(initial_delay=0.01, max_delay=0.02, max_restarts=2, window=60)
+    supervisor = launcher.Supervisor(fake_stack, policy)
+    supervisor.spawn()
+    said: list[str] = []
+    try:
+        looping = tend_until(supervisor, lambda: False, said)
+    finally:
+        supervisor.stop(timeout=10)
+    assert looping is not None and looping.spec.name == "runner" and looping.restarts == 2
+    assert "runner exited 3 times in 60s: giving up (crash loop)" in said[-1]
+    assert "cannot open the models directory" in said[-1]
