@@ -50,7 +50,7 @@ async def _json_body(request: Request):
         return {}
     try:
         return json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from modelrunner.common.names import InvalidReference, Reference, is_digest, parse_reference
 from modelrunner.gateway.errors import APIError
+from modelrunner.gateway.openai_convert import finite_logprob
 from modelrunner.gateway.ollama_models import ChatRequest, GenerateRequest, GeneratingFields, Message, Options
 from modelrunner.v1 import runner_pb2, types_pb2
 
@@ -217,8 +218,8 @@ def tool_calls(calls) -> list[dict]:
 
 def logprobs(items) -> list[dict]:
     return [
-        {"token": item.token, "logprob": item.logprob, "bytes": list(item.bytes or item.token.encode()),
-         "top_logprobs": [{"token": t.token, "logprob": t.logprob} for t in item.top]}
+        {"token": item.token, "logprob": finite_logprob(item.logprob), "bytes": list(item.bytes or item.token.encode()),
+         "top_logprobs": [{"token": t.token, "logprob": finite_logprob(t.logprob)} for t in item.top]}
         for item in items
     ]
 

@@ -63,6 +63,9 @@ def _utf8(text: str, path: str) -> None:
     except UnicodeEncodeError:
         raise invalid(f"{path or 'body'}: text with a lone surrogate escape (\\ud800-\\udfff) is not UTF-8",
                       path) from None
+    if "\0" in text:  # the engine's tokenizer cannot take it (the Runner refuses it too)
+        raise invalid(f"{path or 'body'}: contains a NUL character (U+0000), which cannot be tokenized; remove it",
+                      path)
 
 
 class _Lenient(BaseModel):

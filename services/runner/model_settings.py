@@ -7,6 +7,7 @@ size; here every change is written atomically (temporary file, fsync, rename) be
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -37,6 +38,8 @@ def parse_keep_alive(text: str) -> float | None:
                 f"invalid keep_alive {text!r}: use a duration like '30s', '5m', '1h30m', '0' or '-1' (forever)"
             ) from None
         seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds):  # float() takes "nan" and "inf"
+        raise ValueError(f"invalid keep_alive {text!r}: give a finite number of seconds ('-1' is forever)")
     return FOREVER if seconds < 0 else seconds
 
 

@@ -13,7 +13,7 @@ import grpc
 from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.runner.backends.base import InputTooLong
 from modelrunner.runner.manager import ModelManager
-from modelrunner.runner.validation import MAX_TEXT_CHARS, check_model, field_error
+from modelrunner.runner.validation import MAX_TEXT_CHARS, check_model, check_text, field_error
 from modelrunner.v1 import runner_pb2
 
 MAX_DOCUMENTS = 1024
@@ -31,6 +31,9 @@ def _validate(request: runner_pb2.RerankRequest) -> None:
         raise field_error("top_n", f"must be >= 0 (0: every document), not {request.top_n}")
     if len(request.query) + sum(len(d) for d in request.documents) > MAX_TEXT_CHARS:
         raise invalid(f"query and documents together are longer than {MAX_TEXT_CHARS} characters")
+    check_text("query", request.query)
+    for i, document in enumerate(request.documents):
+        check_text(f"documents[{i}]", document)
 
 
 async def rerank(manager: ModelManager, request: runner_pb2.RerankRequest) -> runner_pb2.RerankResponse:

@@ -41,6 +41,13 @@ def field_error(field: str, message: str) -> ServiceError:
     return invalid(f"{field}: {message}")
 
 
+def check_text(field: str, text: str) -> None:
+    """A NUL (U+0000) is refused: llama.cpp's tokenizer throws on a byte its vocabulary lacks (found by
+    fuzzing a byte vocabulary), and the exception aborts the engine process."""
+    if "\0" in text:
+        raise field_error(field, "contains a NUL character (U+0000), which cannot be tokenized; remove it")
+
+
 def check_model(model: str, keep_alive: str = "") -> None:
     if not model:
         raise field_error("model", "is required")
@@ -62,6 +69,8 @@ def check_generate(request: runner_pb2.GenerateRequest) -> None:
         _check_chat(request.chat)
     elif len(request.prompt) > MAX_TEXT_CHARS:
         raise field_error("prompt", f"has {len(request.prompt)} characters; at most {MAX_TEXT_CHARS} are accepted")
+    else:
+        check_text("prompt", request.prompt)
     _check_sampling(request.sampling)
     fmt = request.response_format
     if fmt.type not in RESPONSE_FORMATS:
@@ -87,6 +96,10 @@ def _check_chat(chat: runner_pb2.Chat) -> None:
         total += len(m.content) + sum(len(c.arguments) for c in m.tool_calls)
         if total > MAX_TEXT_CHARS:
             raise field_error("chat.messages", f"hold more than {MAX_TEXT_CHARS} characters")
+        check_text(f"chat.messages[{i}].content", m.content)
+        check_text(f"chat.messages[{i}].name", m.name)
+        for j, call in enumerate(m.tool_calls):
+            check_text(f"chat.messages[{i}].tool_calls[{j}].arguments", call.arguments)
     for name in ("tools_json", "tool_choice_json"):
         text = getattr(chat, name)
         if len(text) > MAX_TOOLS_CHARS:
@@ -165,6 +178,7 @@ def check_embed(request: runner_pb2.EmbedRequest) -> None:
         total += len(text)
         if total > MAX_TEXT_CHARS:
             raise field_error("inputs", f"hold more than {MAX_TEXT_CHARS} characters")
+        check_text(f"inputs[{i}]", text)
 
 
 def check_load_options(options: LoadOptions) -> None:

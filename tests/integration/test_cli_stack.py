@@ -237,7 +237,11 @@ def chat_served(url: str) -> str:
 
 
 X_MESSAGES = [{"role": "user", "content": "x"}]
-ISSUE_CASES = [  # issue 15's reports, each as (route, body)
+ISSUE_CASES = [  # issue 15's reports and what fuzzing found since, each as (route, body)
+    # A NUL aborted the tiny model's engine (llama.cpp's tokenizer threw on a byte its vocabulary lacks).
+    ("/v1/embeddings", {"model": TINY, "input": "a\u0000b"}),
+    ("/v1/completions", {"model": TINY, "prompt": "a\u0000b", "max_tokens": 2}),
+    ("/api/embed", {"model": TINY, "input": "a\u0000b"}),
     ("/v1/chat/completions", {"model": TINY, "messages": X_MESSAGES, "temperature": 0,
                               "response_format": {"type": "json_object"}, "logit_bias": {"1000": float("nan")}}),
     ("/v1/chat/completions", {"model": TINY, "messages": X_MESSAGES, "seed": -1, "max_tokens": 2}),

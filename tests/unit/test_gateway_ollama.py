@@ -224,3 +224,14 @@ async def test_delete_and_copy(gw):
     copied = await client.post("/api/copy", json={"source": "tiny", "destination": "tiny-backup"})
     assert copied.status_code == 200
     assert (fakes.store.tagged.repo, fakes.store.tagged.tag) == ("docker.io/ai/tiny-backup", "latest")
+
+
+def test_a_token_of_no_probability_has_a_logprob_json_can_carry():
+    import json
+    import math
+
+    from modelrunner.gateway.ollama_convert import logprobs
+    from modelrunner.v1 import runner_pb2
+
+    item = runner_pb2.TokenLogprob(token="a", logprob=-math.inf, top=[runner_pb2.TopLogprob(token="b", logprob=-math.inf)])
+    json.dumps(logprobs([item]), allow_nan=False)

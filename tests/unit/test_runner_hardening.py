@@ -99,6 +99,8 @@ BAD_REQUESTS = [
     (with_request(tools_json='{"type": "function"}'), "chat.tools_json"),
     (runner_pb2.GenerateRequest(prompt="hi"), "model"),
     (with_request(keep_alive="soon"), "keep_alive"),
+    (runner_pb2.GenerateRequest(model="a", prompt="a\0b"), "prompt"),  # a NUL aborted the engine
+    (with_request(messages=[runner_pb2.ChatMessage(role="user", content="a\0b")]), "chat.messages[0].content"),
 ]
 
 
@@ -117,6 +119,7 @@ async def test_bad_embed_inputs_are_named(runner):
         (runner_pb2.EmbedRequest(model="a", inputs=["ok", ""]), "inputs[1]"),
         (runner_pb2.EmbedRequest(model="a", inputs=["x"] * 2049), "inputs"),
         (runner_pb2.EmbedRequest(inputs=["x"]), "model"),
+        (runner_pb2.EmbedRequest(model="a", inputs=["ok", "a\0b"]), "inputs[1]"),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Embed(request, timeout=30)

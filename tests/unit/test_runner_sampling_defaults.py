@@ -54,3 +54,11 @@ def test_a_requests_own_values_win_over_the_models_defaults():
     own = sampling_options(runner_pb2.SamplingParams(repeat_penalty=1.0, temperature=0.0), logprobs=-1,
                            banned=frozenset(), vocab_size=256, defaults=defaults)
     assert (own.repeat_penalty, own.temperature) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999"])
+def test_keep_alive_seconds_must_be_finite(text):
+    from modelrunner.runner.model_settings import parse_keep_alive
+
+    with pytest.raises(ValueError, match="finite"):
+        parse_keep_alive(text)
