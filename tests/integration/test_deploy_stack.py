@@ -31,7 +31,7 @@ from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, runner_pb2, 
 from tests.conftest import free_port
 from modelrunner.store.upload import package_files
 from tests.support.deploy_scripts import build_descriptors, render
-from tests.support.packaging import package_over_http
+from tests.support.packaging import upload as upload_blob
 from tests.support.registry import REGISTRY_BIN, Registry, dmr_artifact, upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -450,7 +450,10 @@ def test_gateway_metrics_feed_every_dashboard_panel(stack: LocalCompose) -> None
 
 def test_transcoder_serves_each_services_annotations(edge: Edge, tiny_gguf: Path) -> None:
     """POST with a body, DELETE, and the Runner's and the Distribution's routes, all by Envoy alone."""
-    packaged = package_over_http(edge.url, tiny_gguf, "ai/copy:1", headers=TRANSCODE, timeout=30)
+    # The upload is the gateway's own route (a byte stream, no proto annotation); packaging is transcoded.
+    gguf = upload_blob(edge.url, tiny_gguf)
+    packaged = httpx.post(f"{edge.url}/models/package", headers=TRANSCODE, json={"name": "ai/copy:1", "gguf": [gguf]},
+                          timeout=30)
     assert packaged.status_code == 200, packaged.text
     assert packaged.json()["tags"] == ["docker.io/ai/copy:1"]
     deleted = httpx.delete(f"{edge.url}/models/ai/copy:1", headers=TRANSCODE, timeout=10)
