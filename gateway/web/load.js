@@ -2,7 +2,7 @@
 // and KV-cache use, from two successive scrapes of /metrics.
 import { call } from "./api.js";
 import { Chart } from "./charts.js";
-import { buckets, parse, quantile, total } from "./metrics.js";
+import { buckets, highest, parse, quantile, total } from "./metrics.js";
 
 const POINTS = 150; // five minutes at one scrape every two seconds
 let charts = null;
@@ -32,7 +32,7 @@ export async function sampleLoad() {
   };
   const queued = total(samples, "modelrunner_queue_depth");
   const running = total(samples, "modelrunner_active_sequences");
-  const kv = total(samples, "modelrunner_kv_cache_usage");
+  const kv = highest(samples, "modelrunner_kv_cache_usage"); // the fullest model's cache
   if (previous) {
     const seconds = Math.max(1e-3, now.at - previous.at);
     const rate = now.tokens === null || previous.tokens === null ? null : Math.max(0, now.tokens - previous.tokens) / seconds;

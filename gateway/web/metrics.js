@@ -22,6 +22,11 @@ export function total(samples, prefix, suffix = "") {
   return found.length ? found.reduce((sum, s) => sum + s.value, 0) : null;
 }
 
+export function highest(samples, prefix) {
+  const found = matching(samples, prefix, "");
+  return found.length ? Math.max(...found.map((s) => s.value)) : null;
+}
+
 // Cumulative bucket counts by upper bound, summed over every label set but `le`.
 export function buckets(samples, prefix) {
   const byBound = new Map();

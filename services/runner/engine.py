@@ -39,6 +39,9 @@ class EngineLoad(Protocol):
     @property
     def queued(self) -> int: ...
 
+    @property
+    def kv_cache_usage(self) -> float: ...
+
 
 class Engine(Protocol):
     """A loaded model's engine as the lifecycle holds it: here (LocalEngine) or in a process of its own

@@ -55,6 +55,7 @@ class RemoteLoad:
 
     busy_slots: int = 0
     queued: int = 0
+    kv_cache_usage: float = 0.0
 
 
 class ProcessLauncher:
@@ -200,7 +201,7 @@ class EngineProcess:
                 self._kill(f"it did not answer for over {timeout:g} s")
             return
         self._answered = time.monotonic()
-        self.scheduler = RemoteLoad(stats["busy"], stats["queued"])
+        self.scheduler = RemoteLoad(stats["busy"], stats["queued"], stats["kv"])
         if self._metrics is not None:
             replay(self._metrics, stats["metrics"])
         if timeout and stats["decoding_for"] > timeout:

@@ -139,6 +139,7 @@ def _stats_handler(engine: LocalEngine, clock: DecodeClock, recorded: RecordedMe
         return json.dumps({
             "busy": scheduler.busy_slots,
             "queued": scheduler.queued,
+            "kv": scheduler.kv_cache_usage,
             "decoding_for": clock.running_for(),
             "metrics": recorded.drain(),
         }).encode()

@@ -119,7 +119,10 @@ class ModelManager:
         await asyncio.gather(*(e.engine.refresh() for e in self.loaded()))
 
     def _snapshot(self):
-        return [(e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes) for e in self.loaded()]
+        return [
+            (e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes, e.scheduler.kv_cache_usage)
+            for e in self.loaded()
+        ]
 
     # leases -------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

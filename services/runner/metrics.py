@@ -19,8 +19,9 @@ _BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5, 5, 10, 2
 class RunnerMetrics:
     """Histograms and counters the decode loops record; gauges observed from `snapshot`."""
 
-    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, int, int, float]]]) -> None:
-        """`snapshot()` yields (model, active sequences, queued requests, memory bytes) per loaded model."""
+    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, int, int, float, float]]]) -> None:
+        """`snapshot()` yields (model, active sequences, queued requests, memory bytes, KV-cache use) per
+        loaded model."""
         meter = metrics.get_meter("modelrunner.runner")
         self._snapshot = snapshot
         self.time_to_first_token = meter.create_histogram(
@@ -57,18 +58,25 @@ class RunnerMetrics:
         meter.create_observable_gauge(
             "modelrunner_model_memory_bytes", [self._memory], unit="By", description="Estimated memory of a model"
         )
+        meter.create_observable_gauge(
+            "modelrunner_kv_cache_usage_ratio", [self._kv_cache], unit="1",
+            description="Used cells of a model's unified KV cache over all its cells (0 to 1)",
+        )
 
     def _queued(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(q, {"model": m}) for m, _a, q, _b in self._snapshot()]
+        return [Observation(q, {"model": m}) for m, _a, q, _b, _k in self._snapshot()]
 
     def _active(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(a, {"model": m}) for m, a, _q, _b in self._snapshot()]
+        return [Observation(a, {"model": m}) for m, a, _q, _b, _k in self._snapshot()]
 
     def _loaded(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(len(list(self._snapshot())))]
 
     def _memory(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(b, {"model": m}) for m, _a, _q, b in self._snapshot()]
+        return [Observation(b, {"model": m}) for m, _a, _q, b, _k in self._snapshot()]
+
+    def _kv_cache(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(k, {"model": m}) for m, _a, _q, _b, k in self._snapshot()]
 
 
 class _Instrument:

@@ -274,6 +274,14 @@ class Scheduler:
     def queued(self) -> int:
         return max(0, self._admission.count - len(self._active))
 
+    @property
+    def kv_cache_usage(self) -> float:
+        """Used cells over the unified cache's cells: running sequences' tokens and the prompts free
+        slots hold. Read without a lock from the event loop (a gauge's snapshot, not bookkeeping); a
+        prefix shared between slots counts once per slot, so this errs high."""
+        used = sum(seq.n_past for seq in list(self._active)) + self._slot_pool.held_tokens
+        return min(1.0, used / self.context_size) if self.context_size else 0.0
+
     def submit(self, job: Job) -> Stream:
         """Queues a job; raises QueueFull when `max_queue` requests already wait, ValueError when the
         job cannot run, GenerationError when the decode loop is gone. The scheduler owns the job's

@@ -45,6 +45,11 @@ class Slots:
     def __len__(self) -> int:
         return len(self._free)
 
+    @property
+    def held_tokens(self) -> int:
+        """Tokens the free slots' cells still hold (for later prompts)."""
+        return sum(len(tokens) for tokens in list(self._held.values()))
+
     def take(self, prompt: Sequence[int]) -> Assignment:
         """The slot for `prompt` and what it reuses. The free slot holding the longest start of the
         prompt is taken when that start is at least half of what it holds (little is lost), or when no

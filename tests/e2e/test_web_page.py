@@ -128,7 +128,7 @@ def test_the_page_pulls_chats_and_shows_what_runs(stack, seeded_registry, browse
 
     # Load: after the traffic, the token-rate and latency charts have points.
     browser.execute_script("location.hash = '#load'")
-    for title in ("Output tokens/s", "Time to first token"):
+    for title in ("Output tokens/s", "Time to first token", "KV-cache use"):
         wait_for(browser, lambda d, t=title: d.find_elements(By.CSS_SELECTOR, f'figure[data-metric="{t}"] polyline'),
                  f"the {title} chart draws")
     browser.save_screenshot(str(shots / "load.png"))

@@ -242,3 +242,16 @@ async def test_cells_that_cannot_serve_as_a_prefix_are_prefilled_again(tiny_gguf
         assert again == first and last.cached_tokens == 0 and steps[0] == len(prompt)
     finally:
         await asyncio.to_thread(sched.close)
+
+
+async def test_kv_cache_usage_counts_what_the_slots_hold(tiny_gguf):
+    model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=2, threads=1))
+    sched = Scheduler(model, name="tiny", max_queue=2, keep_prompts=True)
+    try:
+        assert sched.kv_cache_usage == 0.0
+        prompt = prompt_of(sched, "a prompt that stays in its slot")
+        _, last = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=8, ignore_eos=True)))
+        held = last.prompt_tokens + last.completion_tokens
+        assert sched.kv_cache_usage == pytest.approx(held / 512, abs=1 / 512)  # the finished request's cells
+    finally:
+        await asyncio.to_thread(sched.close)
