@@ -42,10 +42,19 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator:
 
 
 def wait_for(driver, condition: Callable, message: str, timeout: float = WAIT_S):
-    """Waits until `condition(driver)` is truthy (it polls the page; the page's own work sets the pace)."""
+    """Waits until `condition(driver)` is truthy (it polls the page; the page's own work sets the pace).
+    The page redraws its tables every two seconds, so an element found may be gone when read: that
+    poll just counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message)
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(condition, message)
+
+
+def text_of(driver, css: str) -> str:
+    """The text of the first element `css` selects, read in one step (no element handle to go stale)."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", css)
 
 
 def console_errors(driver) -> list[str]:
