@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from modelrunner.gateway.openai_models import (
     INT32_MAX,
@@ -18,25 +18,13 @@ from modelrunner.gateway.openai_models import (
     MAX_STOP_CHARS,
     MAX_TOOLS,
     NAME,
-    check_json,
+    Lenient,
+    RequestBody,
     invalid,
 )
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Body(_Lenient):
-    """A whole request body: no NaN, no lone surrogates, no absurd nesting anywhere (check_json)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _wire_safe(cls, data: Any) -> Any:
-        return check_json(data)
-
-
-class ContentBlock(_Lenient):
+class ContentBlock(Lenient):
     """Any content block; the fields its `type` needs are checked on translation."""
 
     type: str = Field(max_length=64)
@@ -49,35 +37,35 @@ class ContentBlock(_Lenient):
     is_error: bool | None = None  # tool_result
 
 
-class Message(_Lenient):
+class Message(Lenient):
     role: Literal["user", "assistant"]
     content: str | list[ContentBlock]
 
 
-class Tool(_Lenient):
+class Tool(Lenient):
     name: str = Field(pattern=NAME, description="1 to 64 letters, digits, _ . : -")
     description: str | None = None
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     type: str | None = Field(default=None, description='"custom" or absent; server tools are not supported')
 
 
-class ToolChoice(_Lenient):
+class ToolChoice(Lenient):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = Field(default=None, max_length=256, description='the tool to call, for type "tool"')
     disable_parallel_tool_use: bool | None = None
 
 
-class OutputFormat(_Lenient):
+class OutputFormat(Lenient):
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
 
 
-class OutputConfig(_Lenient):
+class OutputConfig(Lenient):
     format: OutputFormat | None = Field(default=None, description="structured output: the answer follows the schema")
     effort: str | None = Field(default=None, max_length=16, description="accepted and ignored")
 
 
-class CountTokensRequest(_Body):
+class CountTokensRequest(RequestBody):
     model: str = Field(min_length=1, max_length=1024)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     system: str | list[ContentBlock] | None = None

@@ -13,7 +13,8 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+
+from modelrunner.gateway.openai_models import check_json, invalid
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -22,7 +23,6 @@ MAX_TOOLS = 128
 MAX_STOP = 16
 MAX_STOP_CHARS = 256
 MAX_EMBED_INPUTS = 2048
-MAX_DEPTH = 64  # of a body's JSON: deeper is an attack, not a schema
 MODEL_FIELD = Field(min_length=1, max_length=1024,
                     description="an Ollama model name: `gemma3`, `gemma3:270m`, `ai/gemma3`")
 
@@ -33,11 +33,6 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 
 # The Runner's own duration grammar: such strings pass through unchanged (and show so in /engines/ps).
 _RUNNER_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
-
-
-def invalid(message: str) -> PydanticCustomError:
-    """A validation error whose message is ours alone (pydantic's ValueError adds "Value error, ")."""
-    return PydanticCustomError("invalid_value", message)
 
 
 def keep_alive_text(value: Any) -> str | None:
@@ -72,49 +67,14 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
-def _unusable(body: Any) -> str | None:
-    """Where a request body holds what no field may carry on to the services, and what: a lone
-    surrogate escape (text that is not UTF-8), NaN or an infinity (Python's parser takes the `NaN`
-    literal), nesting deeper than MAX_DEPTH. One iterative walk of the whole body, free-form fields
-    (`format`, tool parameters) included."""
-    pending: list[tuple[Any, str, int]] = [(body, "", 0)]
-    while pending:
-        value, path, depth = pending.pop()
-        where = path or "the body"
-        if depth > MAX_DEPTH:
-            return f"{where}: nested deeper than {MAX_DEPTH} levels"
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{where}: {value} is not a JSON number; give a finite number"
-        if isinstance(value, str) and not _utf8(value):
-            return f"{where}: text with a lone surrogate escape (\\ud800-\\udfff) is not UTF-8"
-        if isinstance(value, dict):
-            for key, child in value.items():
-                if not _utf8(str(key)):
-                    return f"{where}: a key with a lone surrogate escape is not UTF-8"
-                pending.append((child, f"{path}.{key}" if path else str(key), depth + 1))
-        elif isinstance(value, list):
-            pending.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(value))
-    return None
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class _Request(_Body):
-    """A whole request body: checked once for what cannot cross to the services (see `_unusable`)."""
+    """A whole request body: checked once for what cannot cross to the services (check_json, as
+    every API family's bodies are)."""
 
     @model_validator(mode="before")
     @classmethod
     def _carriable(cls, data: Any) -> Any:
-        problem = _unusable(data)
-        if problem:
-            raise invalid(problem)
-        return data
+        return check_json(data)
 
 
 class _Named(_Request):

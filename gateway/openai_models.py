@@ -68,12 +68,14 @@ def _utf8(text: str, path: str) -> None:
                       path)
 
 
-class _Lenient(BaseModel):
+class Lenient(BaseModel):
+    """Unknown fields are ignored, as the APIs' own servers do."""
+
     model_config = ConfigDict(extra="ignore")
 
 
-class _Request(_Lenient):
-    """A whole request body: checked by check_json before any field."""
+class RequestBody(Lenient):
+    """A whole request body: checked by check_json before any field (every API family's bodies)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -87,23 +89,23 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     type: str
     text: str | None = None
 
 
-class FunctionCall(_Lenient):
+class FunctionCall(Lenient):
     name: str = Field(max_length=256)
     arguments: str = ""
 
 
-class ToolCall(_Lenient):
+class ToolCall(Lenient):
     id: str = Field(default="", max_length=256)
     type: str = Field(default="function", max_length=64)
     function: FunctionCall
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
     name: str | None = Field(default=None, max_length=256)
@@ -123,31 +125,31 @@ class Tool(_Open):
     function: FunctionDefinition
 
 
-class ToolChoiceFunction(_Lenient):
+class ToolChoiceFunction(Lenient):
     name: str = Field(pattern=NAME)
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"]
     function: ToolChoiceFunction
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class JsonSchemaFormat(_Lenient):
+class JsonSchemaFormat(Lenient):
     name: str = Field(default="", max_length=256)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class SamplingFields(_Request):
+class SamplingFields(RequestBody):
     """Sampling fields both completion routes share (llama.cpp's extras included), in the ranges the
     proto's types and llama.cpp's samplers take."""
 
@@ -209,7 +211,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1, max_length=1024)
     input: str | list[str] = Field(description=f"a non-empty string or up to {MAX_EMBED_INPUTS} of them")
     encoding_format: Literal["float", "base64"] = "float"

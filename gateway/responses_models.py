@@ -8,30 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from modelrunner.gateway.openai_models import INT32_MAX, MAX_MESSAGES, MAX_TOOLS, NAME, check_json, invalid
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+from modelrunner.gateway.openai_models import INT32_MAX, MAX_MESSAGES, MAX_TOOLS, NAME, Lenient, RequestBody, invalid
 
 
-class _Body(_Lenient):
-    """A whole request body: no NaN, no lone surrogates, no absurd nesting anywhere (check_json)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _wire_safe(cls, data: Any) -> Any:
-        return check_json(data)
-
-
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     type: str = Field(max_length=64)
     text: str | None = None
 
 
-class InputItem(_Lenient):
+class InputItem(Lenient):
     """A message (with a role), a function_call or a function_call_output; checked on translation."""
 
     type: str = Field(default="message", max_length=64)
@@ -44,7 +31,7 @@ class InputItem(_Lenient):
     output: str | list[ContentPart] | None = None
 
 
-class FunctionTool(_Lenient):
+class FunctionTool(Lenient):
     type: str = Field(max_length=64, description='"function"; built-in tools are not supported')
     name: str | None = Field(default=None, pattern=NAME)
     description: str | None = None
@@ -52,12 +39,12 @@ class FunctionTool(_Lenient):
     strict: bool | None = None
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"]
     name: str = Field(pattern=NAME)
 
 
-class TextFormat(_Lenient):
+class TextFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(default=None, max_length=256)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -65,11 +52,11 @@ class TextFormat(_Lenient):
     strict: bool | None = None
 
 
-class TextOptions(_Lenient):
+class TextOptions(Lenient):
     format: TextFormat | None = None
 
 
-class ResponsesRequest(_Body):
+class ResponsesRequest(RequestBody):
     model: str = Field(min_length=1, max_length=1024)
     input: str | list[InputItem] = Field(description="a user message's text, or a list of input items")
     instructions: str | None = None
@@ -95,7 +82,7 @@ class ResponsesRequest(_Body):
         return value
 
 
-class InputItemsQuery(_Lenient):
+class InputItemsQuery(Lenient):
     """`GET /v1/responses/{id}/input_items` paging, as OpenAI's lists page."""
 
     limit: int = Field(default=20, ge=1, le=100)
