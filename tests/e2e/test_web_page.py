@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.test_gateway_live import Stack
+from tests.support.stack import Stack
 from tests.support.browser import chromium, console_errors, text_of, wait_for
 from tests.support.packaging import package
 from tests.support.registry import Registry, dmr_artifact, upload

@@ -10,7 +10,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.integration.test_gateway_live import Stack
+from tests.support.stack import serving
 from tests.support.packaging import package
 
 USER = [{"role": "user", "content": "hi"}]
@@ -22,14 +22,8 @@ WEATHER = {"name": "get_weather", "description": "The weather in a city", "input
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_gguf):
-    running = Stack(tmp_path_factory.mktemp("anthropic-api")).start()
-    try:
-        running.wait_healthy()
-        package(f"127.0.0.1:{running.ports['store']}", tiny_gguf, "ai/tiny")
+    with serving(tmp_path_factory.mktemp("anthropic-api"), {"ai/tiny": tiny_gguf}) as running:
         yield running
-    finally:
-        codes = running.stop()
-    assert codes["gateway"] == 0, running.log("gateway").read_text()[-3000:]
 
 
 @pytest.fixture

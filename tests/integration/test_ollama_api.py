@@ -8,7 +8,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.integration.test_gateway_live import Stack
+from tests.support.stack import Stack, serving
 from tests.support.packaging import package as upload
 from tests.support.tiny_gguf import write_tiny_gguf
 
@@ -22,14 +22,8 @@ def package(stack: Stack, gguf, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_gguf):
-    running = Stack(tmp_path_factory.mktemp("ollama-api")).start()
-    try:
-        running.wait_healthy()
-        package(running, tiny_gguf, "ai/tiny")
+    with serving(tmp_path_factory.mktemp("ollama-api"), {"ai/tiny": tiny_gguf}) as running:
         yield running
-    finally:
-        codes = running.stop()
-    assert codes["gateway"] == 0, running.log("gateway").read_text()[-3000:]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from modelrunner.store.upload import package_files
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2_grpc
-from tests.integration.test_gateway_live import ROOT, Stack
+from tests.support.stack import ROOT, Stack
 from tests.support.tiny_gguf import write_tiny_reranker
 
 KEY = "sk-recorder-test-4f1b9c"

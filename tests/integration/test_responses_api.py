@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.test_gateway_live import Stack
+from tests.support.stack import serving
 from tests.support.packaging import package
 
 GREEDY = {"model": "ai/tiny", "temperature": 0}
@@ -25,15 +25,9 @@ YES_OR_NO = {"type": "json_schema", "name": "answer", "schema": {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_gguf):
     workdir = tmp_path_factory.mktemp("responses-api")
-    running = Stack(workdir, {"MODELRUNNER_DATA_DIR": str(workdir / "data"),
-                              "MODELRUNNER_RESPONSES_PERSIST": "true"}).start()
-    try:
-        running.wait_healthy()
-        package(f"127.0.0.1:{running.ports['store']}", tiny_gguf, "ai/tiny")
+    env = {"MODELRUNNER_DATA_DIR": str(workdir / "data"), "MODELRUNNER_RESPONSES_PERSIST": "true"}
+    with serving(workdir, {"ai/tiny": tiny_gguf}, env) as running:
         yield running
-    finally:
-        codes = running.stop()
-    assert codes["gateway"] == 0, running.log("gateway").read_text()[-3000:]
 
 
 @pytest.fixture
