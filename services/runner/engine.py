@@ -116,7 +116,7 @@ def start_local_engine(backend: Backend, spec: EngineSpec, metrics, arrivals: Ar
         log.warning("unusable chat template", extra={"fields": {"model": resolved.reference}})
     scheduler = Scheduler(
         model, name=resolved.reference, max_queue=spec.max_queue, metrics=metrics, arrivals=arrivals,
-        keep_prompts=spec.keep_prompts,
+        keep_prompts=spec.keep_prompts, prefill_step_factor=spec.options.prefill_step_factor,
     )
     return LocalEngine(model, scheduler, renderer, stops, model_sampling_defaults(renderer, spec.options))
 

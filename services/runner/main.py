@@ -15,7 +15,7 @@ from modelrunner.runner.engine_client import ProcessLauncher
 from modelrunner.runner.engine_router import add_runner_to_server
 from modelrunner.runner.manager import ManagerConfig, ModelManager
 from modelrunner.runner.metrics import RunnerMetrics
-from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
+from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive, parse_step_factor
 from modelrunner.runner.resolver import StoreResolver
 from modelrunner.v1 import runner_pb2
 
@@ -30,6 +30,10 @@ MEMORY_BUDGET = Setting("runner-memory-budget", "0", "bytes all loaded models ma
 MAX_QUEUE = Setting("runner-max-queue", "64", "requests waiting per model before RESOURCE_EXHAUSTED")
 THREADS = Setting("runner-threads", "0", "CPU threads per decode (0: the cores this process may use)")
 BATCH_SIZE = Setting("runner-batch-size", "512", "tokens per decode step (prompt chunks + running sequences)")
+PREFILL_STEP_FACTOR = Setting(
+    "runner-prefill-step-factor", str(LoadOptions.prefill_step_factor),
+    "while sequences decode, a step carrying prompt tokens lasts at most this many plain decode steps (0: no limit)",
+)
 DECODE_TIMEOUT = Setting(
     "runner-decode-timeout", "120",
     "seconds one decode step (or an engine's silence) may last before the engine is taken as hung and killed (0: never)",
@@ -41,7 +45,7 @@ PROMPT_CACHE = Setting(
 
 SETTINGS = (
     config.LISTEN, config.STORE_ADDR, config.DATA_DIR, STATE_DIR, PARALLEL, CONTEXT_SIZE, KEEP_ALIVE,
-    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PROMPT_CACHE, DECODE_TIMEOUT, *config.COMMON,
+    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PREFILL_STEP_FACTOR, PROMPT_CACHE, DECODE_TIMEOUT, *config.COMMON,
 )
 
 
@@ -74,6 +78,7 @@ def manager_config(args) -> ManagerConfig:
                 parallel=max(1, positive("runner-parallel", args.runner_parallel)),
                 threads=positive("runner-threads", args.runner_threads),
                 batch_size=max(1, positive("runner-batch-size", args.runner_batch_size)),
+                prefill_step_factor=parse_step_factor(args.runner_prefill_step_factor, "--runner-prefill-step-factor"),
             ),
         )
     except ValueError as exc:

@@ -51,6 +51,7 @@ _FLAGS = {
     "--threads": "threads", "-t": "threads",
     "--batch-size": "batch_size", "-b": "batch_size",
     "--flash-attn": "flash_attention", "-fa": "flash_attention",
+    "--prefill-step-factor": "prefill_step_factor",  # ours: llama-server has no such limit
 }
 
 
@@ -90,7 +91,18 @@ def sampling_defaults(flags: list[str] | tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def parse_runtime_flags(flags: list[str]) -> dict[str, int | bool]:
+def parse_step_factor(raw: str, name: str) -> float:
+    """A prefill step factor: 0 (no limit) or a number of plain decode steps >= 1."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} takes a number, not {raw!r}") from None
+    if not (value == 0 or 1 <= value <= 1000):  # NaN fails too
+        raise ValueError(f"{name} must be 0 (no limit) or in [1, 1000], not {raw}")
+    return value
+
+
+def parse_runtime_flags(flags: list[str]) -> dict[str, int | float | bool]:
     """Load options from llama-server style flags; raises ValueError naming the flags it knows."""
     out: dict[str, int | bool] = {}
     for flag, raw in _pairs(flags):
@@ -101,6 +113,8 @@ def parse_runtime_flags(flags: list[str]) -> dict[str, int | bool]:
             if raw not in ("on", "off", "true", "false", "1", "0"):
                 raise ValueError(f"{flag} takes on or off, not {raw!r}")
             out[key] = raw in ("on", "true", "1")
+        elif key == "prefill_step_factor":
+            out[key] = parse_step_factor(raw, flag)
         else:
             try:
                 out[key] = int(raw)

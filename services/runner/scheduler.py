@@ -25,6 +25,7 @@ from modelrunner.runner.backends.base import Grammar, LoadedModel
 from modelrunner.runner.metrics import RunnerMetrics
 from modelrunner.runner.sampling import Sampled, Sampler, SamplingOptions
 from modelrunner.runner.slots import Slots
+from modelrunner.runner.step_budget import StepBudget
 from modelrunner.runner.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,9 @@ class Scheduler:
         metrics: RunnerMetrics | None = None,
         arrivals: Arrivals | None = None,
         keep_prompts: bool = True,
+        prefill_step_factor: float = 0.0,
     ) -> None:
+        """`prefill_step_factor`: see StepBudget (0: a step may carry a whole batch of prompt tokens)."""
         self.model = model
         self.name = name
         self.max_queue = max_queue
@@ -254,6 +257,7 @@ class Scheduler:
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._slot_pool = Slots(self.slots, keep_prompts)
+        self._step_budget = StepBudget(model.batch_capacity, prefill_step_factor)
         if arrivals is not None:
             arrivals.listen(self._wake_gathering)
         self._closing = False
@@ -423,13 +427,13 @@ class Scheduler:
     def _step(self) -> None:
         model = self.model
         model.batch_clear()
-        budget = model.batch_capacity
         planned: list[tuple[_Sequence, int]] = []  # (sequence, tokens it adds to the KV cache)
         for seq in self._active:
             if seq.fed == len(seq.job.prompt):
                 seq.logits_row = model.batch_add(seq.last, seq.n_past, seq.slot, True)
                 planned.append((seq, 1))
-                budget -= 1
+        decoding = len(planned)
+        budget = prompt_budget = self._step_budget.prompt_tokens(decoding)
         for seq in self._active:
             if budget <= 0:
                 break
@@ -440,7 +444,10 @@ class Scheduler:
                 seq.logits_row = model.batch_add_many(chunk, seq.fed, seq.slot, completes)
                 planned.append((seq, len(chunk)))
                 budget -= len(chunk)
+        started = time.perf_counter()
         rc = model.decode()
+        if rc == 0:
+            self._step_budget.observe(decoding, prompt_budget - budget, time.perf_counter() - started)
         if rc == 1:  # no room left in the unified KV cache: free a held slot, else end the longest sequence
             held = self._slot_pool.evict()
             if held is not None:

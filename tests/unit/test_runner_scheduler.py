@@ -13,6 +13,7 @@ from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
 from modelrunner.runner.sampling import SamplingOptions
 from modelrunner.runner.scheduler import GATHER_SECONDS, Arrivals, Job, QueueFull, Scheduler
+from modelrunner.runner.step_budget import MIN_PROMPT_TOKENS
 
 GREEDY = SamplingOptions(temperature=0)
 
@@ -253,5 +254,29 @@ async def test_kv_cache_usage_counts_what_the_slots_hold(tiny_gguf):
         _, last = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=8, ignore_eos=True)))
         held = last.prompt_tokens + last.completion_tokens
         assert sched.kv_cache_usage == pytest.approx(held / 512, abs=1 / 512)  # the finished request's cells
+    finally:
+        await asyncio.to_thread(sched.close)
+
+
+async def test_a_prompt_arriving_while_others_decode_is_spread_over_steps(tiny_gguf):
+    """With a prefill step factor of 1 (no step may last longer than a plain one), the long prompt goes
+    in the smallest chunks while a stream decodes, and answers exactly what it answers alone."""
+    model = LlamaCppBackend().load(
+        [str(tiny_gguf)], LoadOptions(context_size=1024, parallel=2, threads=1, batch_size=512)
+    )
+    sched = Scheduler(model, name="tiny-budget", keep_prompts=False, prefill_step_factor=1)
+    steps = record_step_sizes(model)
+    try:
+        long_prompt = sched.model.tokenize("x" * 400, add_special=True, parse_special=False)
+        solo, _ = await collect(sched.submit(Job(long_prompt, GREEDY, max_tokens=4, ignore_eos=True)))
+        assert steps[0] == len(long_prompt)  # nothing decoding: the whole prompt in one step
+        short = sched.submit(Job(prompt_of(sched, "hi"), GREEDY, max_tokens=400, ignore_eos=True))
+        await short.__anext__()
+        steps.clear()
+        text, last = await collect(sched.submit(Job(long_prompt, GREEDY, max_tokens=4, ignore_eos=True)))
+        assert text == solo and last.prompt_tokens == len(long_prompt)
+        assert len(long_prompt) > 4 * MIN_PROMPT_TOKENS
+        assert max(steps) == MIN_PROMPT_TOKENS + 1  # the prompt's chunk and the stream's next token
+        short.cancel()
     finally:
         await asyncio.to_thread(sched.close)

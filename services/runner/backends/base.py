@@ -23,6 +23,9 @@ class LoadOptions:
     flash_attention: bool | None = None  # None: the backend decides
     batch_size: int = 512      # tokens per decode step (prompt chunks + one per running sequence)
     threads: int = 0           # 0: the CPU cores this process may use
+    # A step carrying prompt tokens lasts at most this many plain decode steps while sequences decode
+    # (step_budget.py); 0: no limit, the whole batch (llama-server's way).
+    prefill_step_factor: float = 4.0
     runtime_flags: tuple[str, ...] = ()
 
 
@@ -82,12 +85,21 @@ class LoadedModel(ABC):
         """The single special token spelt `text` (e.g. "<end_of_turn>"), if the vocabulary has one."""
 
     # Decode-step API, used by the scheduler's thread only.
+    @property
+    @abstractmethod
+    def batch_capacity(self) -> int:
+        """Tokens one step may carry (prompt chunks and running sequences together)."""
+
     @abstractmethod
     def batch_clear(self) -> None: ...
 
     @abstractmethod
     def batch_add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
         """Appends a token to the step's batch; returns its row in the step's logits (-1: none)."""
+
+    @abstractmethod
+    def batch_add_many(self, tokens: Sequence[int], start_pos: int, seq: int, logits_last: bool) -> int:
+        """Appends a prompt chunk; returns the logits row of its last token (-1 unless `logits_last`)."""
 
     @abstractmethod
     def decode(self) -> int:
