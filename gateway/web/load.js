@@ -2,7 +2,7 @@
 // and KV-cache use, from two successive scrapes of /metrics.
 import { call } from "./api.js";
 import { Chart } from "./charts.js";
-import { buckets, highest, parse, quantile, total } from "./metrics.js";
+import { buckets, highest, parse, quantile, replica, total } from "./metrics.js";
 
 const POINTS = 150; // five minutes at one scrape every two seconds
 let charts = null;
@@ -30,8 +30,8 @@ export async function sampleLoad() {
     ttft: buckets(samples, "modelrunner_time_to_first_token"),
     itl: buckets(samples, "modelrunner_inter_token_latency"),
   };
-  const queued = total(samples, "modelrunner_queue_depth");
-  const running = total(samples, "modelrunner_active_sequences");
+  const queued = replica(samples, "modelrunner_queue_depth");
+  const running = replica(samples, "modelrunner_active_sequences");
   const kv = highest(samples, "modelrunner_kv_cache_usage"); // the fullest model's cache
   if (previous) {
     const seconds = Math.max(1e-3, now.at - previous.at);

@@ -22,6 +22,12 @@ export function total(samples, prefix, suffix = "") {
   return found.length ? found.reduce((sum, s) => sum + s.value, 0) : null;
 }
 
+// A gauge's series for the whole Runner (no model label, or model=""), written beside the per-model ones.
+export function replica(samples, prefix) {
+  const found = matching(samples, prefix, "").filter((s) => !/model="[^"]/.test(s.labels));
+  return found.length ? found.reduce((sum, s) => sum + s.value, 0) : null;
+}
+
 export function highest(samples, prefix) {
   const found = matching(samples, prefix, "");
   return found.length ? Math.max(...found.map((s) => s.value)) : null;

@@ -24,7 +24,7 @@ from modelrunner.runner.chat import ChatRenderer
 from modelrunner.runner.engine import (
     Engine, EngineLauncher, EngineLoad, EngineModel, EngineSpec, LocalLauncher, load_error,
 )
-from modelrunner.runner.metrics import RunnerMetrics
+from modelrunner.runner.metrics import ModelLoad, RunnerLoad, RunnerMetrics
 from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
 from modelrunner.runner.resolver import ModelResolver, ResolvedModel
 from modelrunner.runner.scheduler import Arrivals
@@ -118,11 +118,13 @@ class ModelManager:
         """Brings every engine's load (busy slots, queue) up to date."""
         await asyncio.gather(*(e.engine.refresh() for e in self.loaded()))
 
-    def _snapshot(self):
-        return [
-            (e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes, e.scheduler.kv_cache_usage)
+    def _snapshot(self) -> RunnerLoad:
+        models = [
+            ModelLoad(e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes,
+                      e.scheduler.kv_cache_usage, e.memory.kv_cache_bytes)
             for e in self.loaded()
         ]
+        return RunnerLoad(models, sorted(self._loading), self.config.max_loaded)
 
     # leases -------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -7,23 +7,54 @@ counters, and gauges read at collection time from the live schedulers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from modelrunner.common.names import DEFAULT_NAMESPACE, DEFAULT_TAG, InvalidReference, parse_reference
 
 # Latency buckets in seconds, from 5 ms inter-token gaps to 60 s queued first tokens.
 _BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5, 5, 10, 20, 60)
 
 
-class RunnerMetrics:
-    """Histograms and counters the decode loops record; gauges observed from `snapshot`."""
+@dataclass(frozen=True)
+class ModelLoad:
+    """One loaded model's load, as the gauges report it."""
 
-    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, int, int, float, float]]]) -> None:
-        """`snapshot()` yields (model, active sequences, queued requests, memory bytes, KV-cache use) per
-        loaded model."""
+    model: str
+    running: int          # sequences in the batch
+    waiting: int          # requests queued for a slot
+    memory_bytes: float
+    kv_usage: float       # used cells over the model's cells, 0 to 1
+    kv_bytes: float       # what its KV cache weighs, to weight the overall KV use
+
+
+@dataclass(frozen=True)
+class RunnerLoad:
+    """What the Runner holds: the loaded models, those loading, and how many it may hold."""
+
+    models: list[ModelLoad] = field(default_factory=list)
+    loading: list[str] = field(default_factory=list)
+    max_models: int = 0
+
+
+class RunnerMetrics:
+    """Histograms and counters the decode loops record; gauges observed from `snapshot`.
+
+    The queue, running and KV-use gauges are the model-server contract an endpoint picker (the Gateway
+    API Inference Extension's EPP) reads: each has one unlabelled series for the whole replica, emitted
+    first (the EPP takes the first series that matches a bare name), then one per model.
+    `modelrunner_loaded_models_info` tells the EPP which models this replica holds, in the shape of
+    vLLM's `vllm:lora_requests_info` (models as "adapters"), so requests go where their model is loaded.
+    """
+
+    def __init__(self, snapshot: Callable[[], RunnerLoad]) -> None:
         meter = metrics.get_meter("modelrunner.runner")
         self._snapshot = snapshot
+        self._info_since: dict[tuple, float] = {}
         self.time_to_first_token = meter.create_histogram(
             "modelrunner_time_to_first_token_seconds",
             unit="s",
@@ -47,36 +78,81 @@ class RunnerMetrics:
             description="Prompt tokens found in a slot's KV cache, so not prefilled again",
         )
         meter.create_observable_gauge(
-            "modelrunner_queue_depth", [self._queued], unit="1", description="Requests waiting for a slot"
+            "modelrunner_queue_depth", [self._queued], unit="1",
+            description="Requests waiting for a slot (no model label: all models)",
         )
         meter.create_observable_gauge(
-            "modelrunner_active_sequences", [self._active], unit="1", description="Sequences being decoded"
+            "modelrunner_active_sequences", [self._active], unit="1",
+            description="Sequences being decoded (no model label: all models)",
         )
         meter.create_observable_gauge(
             "modelrunner_loaded_models", [self._loaded], unit="1", description="Models in memory"
+        )
+        meter.create_observable_gauge(
+            "modelrunner_loaded_models_info", [self._info], unit="1",
+            description="Since when (Unix seconds) these models are loaded (running_lora_adapters), loading "
+            "(waiting_lora_adapters) and at most max_lora may be, as vLLM's lora_requests_info",
         )
         meter.create_observable_gauge(
             "modelrunner_model_memory_bytes", [self._memory], unit="By", description="Estimated memory of a model"
         )
         meter.create_observable_gauge(
             "modelrunner_kv_cache_usage_ratio", [self._kv_cache], unit="1",
-            description="Used cells of a model's unified KV cache over all its cells (0 to 1)",
+            description="Cells of the unified KV cache that running sequences use, over all its cells (0 to 1; "
+            "no model label: the share of all loaded models' KV-cache memory)",
         )
 
     def _queued(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(q, {"model": m}) for m, _a, q, _b, _k in self._snapshot()]
+        models = self._snapshot().models
+        return [Observation(sum(m.waiting for m in models))] + [
+            Observation(m.waiting, {"model": m.model}) for m in models
+        ]
 
     def _active(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(a, {"model": m}) for m, a, _q, _b, _k in self._snapshot()]
+        models = self._snapshot().models
+        return [Observation(sum(m.running for m in models))] + [
+            Observation(m.running, {"model": m.model}) for m in models
+        ]
 
     def _loaded(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(len(list(self._snapshot())))]
+        return [Observation(len(self._snapshot().models))]
+
+    def _info(self, _: CallbackOptions) -> list[Observation]:
+        load = self._snapshot()
+        labels = {
+            "running_lora_adapters": ",".join(sorted({n for m in load.models for n in names_sent(m.model)})),
+            "waiting_lora_adapters": ",".join(sorted({n for r in load.loading for n in names_sent(r)})),
+            "max_lora": str(load.max_models),
+        }
+        key = tuple(labels.values())
+        since = self._info_since.setdefault(key, time.time())
+        self._info_since = {key: since}  # the picker keeps the newest label set: only the current one
+        return [Observation(since, labels)]
 
     def _memory(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(b, {"model": m}) for m, _a, _q, b, _k in self._snapshot()]
+        return [Observation(m.memory_bytes, {"model": m.model}) for m in self._snapshot().models]
 
     def _kv_cache(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(k, {"model": m}) for m, _a, _q, _b, k in self._snapshot()]
+        models = self._snapshot().models
+        total = sum(m.kv_bytes for m in models)
+        overall = sum(m.kv_usage * m.kv_bytes for m in models) / total if total else 0.0
+        return [Observation(overall)] + [Observation(m.kv_usage, {"model": m.model}) for m in models]
+
+
+def names_sent(reference: str) -> list[str]:
+    """The names clients send for a model (the picker matches a request's `model` exactly):
+    `docker.io/ai/smollm2:latest`, `ai/smollm2:latest`, `ai/smollm2`, and `smollm2` on Docker Hub's `ai/`."""
+    try:
+        ref = parse_reference(reference)
+    except InvalidReference:
+        return [reference]
+    names = [reference, ref.familiar]
+    if ref.tag == DEFAULT_TAG and not ref.digest:
+        short = ref.familiar.removesuffix(f":{DEFAULT_TAG}")
+        names.append(short)
+        if short.startswith(f"{DEFAULT_NAMESPACE}/"):
+            names.append(short.removeprefix(f"{DEFAULT_NAMESPACE}/"))
+    return list(dict.fromkeys(names))
 
 
 class _Instrument:

@@ -280,10 +280,11 @@ class Scheduler:
 
     @property
     def kv_cache_usage(self) -> float:
-        """Used cells over the unified cache's cells: running sequences' tokens and the prompts free
-        slots hold. Read without a lock from the event loop (a gauge's snapshot, not bookkeeping); a
-        prefix shared between slots counts once per slot, so this errs high."""
-        used = sum(seq.n_past for seq in list(self._active)) + self._slot_pool.held_tokens
+        """Cells running sequences use over the unified cache's cells. The prompts free slots hold are
+        not counted: they are a cache, freed the moment a running sequence needs room, and a picker
+        reading this gauge must not take a replica with a warm cache for a full one. Read without a
+        lock from the event loop (a gauge's snapshot, not bookkeeping)."""
+        used = sum(seq.n_past for seq in list(self._active))
         return min(1.0, used / self.context_size) if self.context_size else 0.0
 
     def submit(self, job: Job) -> Stream:

@@ -263,3 +263,59 @@ async def test_unary_calls_and_the_engines_own_errors_cross_unchanged(router):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Embed(runner_pb2.EmbedRequest(inputs=["x"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model" in err.value.details()
+
+
+def scrape(runner, metrics_url: str) -> dict:
+    """{(name, model label or None for the replica's series): value} after the Runner brought its engines' load up to date, and the
+    families' types and help text under ("type", name) and ("help", name)."""
+    runner.ListRunning(runner_pb2.ListRunningRequest(), timeout=10)
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+        out["type", family.name], out["help", family.name] = family.type, family.documentation
+        for s in family.samples:
+            if s.name in POOL_GAUGES and (s.name, None) not in out:
+                assert not s.labels.get("model"), f"the replica's own {s.name} is not the first series"
+            out.setdefault((s.name, s.labels.get("model") or None), s.value)  # the exporter writes model=""
+            if s.name == "modelrunner_loaded_models_info":
+                out["adapters"] = {k: v for k, v in s.labels.items() if not k.startswith("otel_scope_")}
+    return out
+
+
+def wait_for(runner, metrics_url: str, condition) -> dict:
+    """Scrapes until `condition(samples)` holds (a condition, not a duration: the cap only ends a hang)."""
+    deadline = time.monotonic() + 60
+    while not condition(samples := scrape(runner, metrics_url)):
+        assert time.monotonic() < deadline, f"never held: {samples}"
+        time.sleep(0.05)
+    return samples
+
+
+POOL_GAUGES = ("modelrunner_queue_depth", "modelrunner_active_sequences", "modelrunner_kv_cache_usage_ratio")
+
+
+def test_the_model_server_contract_an_endpoint_picker_reads(engines):
+    """What the Gateway API Inference Extension's EPP scrapes (deploy/k8s/overlays/inference-pool):
+    waiting, running and KV use, first as one unlabelled series for the replica, then per model; and
+    the loaded models as vLLM-style "adapters". 8 streams on 4 slots: 4 run, 4 wait."""
+    runner, *_, metrics_url = engines
+    idle = scrape(runner, metrics_url)
+    for name in POOL_GAUGES:
+        assert idle["type", name] == "gauge" and idle["help", name]
+        assert idle[name, None] == 0
+    assert idle["adapters"] == {"running_lora_adapters": "", "waiting_lora_adapters": "", "max_lora": "3"}
+
+    model = f"docker.io/{MODELS[0]}"
+    calls = [runner.Generate(generate(MODELS[0], 0), timeout=120) for _ in range(8)]  # up to the whole context
+    try:
+        busy = wait_for(runner, metrics_url, lambda s: s.get(("modelrunner_active_sequences", model)) == 4
+                        and s.get(("modelrunner_queue_depth", model)) == 4)
+        assert busy["modelrunner_active_sequences", None] == 4 and busy["modelrunner_queue_depth", None] == 4
+        assert 0 < busy["modelrunner_kv_cache_usage_ratio", model] <= 1
+        assert busy["modelrunner_kv_cache_usage_ratio", None] == busy["modelrunner_kv_cache_usage_ratio", model]
+        assert busy["adapters"]["running_lora_adapters"] == f"{MODELS[0]},{model}"  # the names clients send
+    finally:
+        for call in calls:
+            call.cancel()
+    after = wait_for(runner, metrics_url, lambda s: s.get(("modelrunner_active_sequences", None)) == 0
+                     and s.get(("modelrunner_queue_depth", None)) == 0)
+    assert after["modelrunner_kv_cache_usage_ratio", None] == 0  # the finished prompts are cache, not load

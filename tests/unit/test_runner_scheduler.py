@@ -245,15 +245,19 @@ async def test_cells_that_cannot_serve_as_a_prefix_are_prefilled_again(tiny_gguf
         await asyncio.to_thread(sched.close)
 
 
-async def test_kv_cache_usage_counts_what_the_slots_hold(tiny_gguf):
+async def test_kv_cache_usage_counts_running_sequences_not_held_prompts(tiny_gguf):
     model = LlamaCppBackend().load([str(tiny_gguf)], LoadOptions(context_size=512, parallel=2, threads=1))
     sched = Scheduler(model, name="tiny", max_queue=2, keep_prompts=True)
     try:
         assert sched.kv_cache_usage == 0.0
         prompt = prompt_of(sched, "a prompt that stays in its slot")
-        _, last = await collect(sched.submit(Job(prompt, GREEDY, max_tokens=8, ignore_eos=True)))
-        held = last.prompt_tokens + last.completion_tokens
-        assert sched.kv_cache_usage == pytest.approx(held / 512, abs=1 / 512)  # the finished request's cells
+        stream = sched.submit(Job(prompt, GREEDY, max_tokens=400, ignore_eos=True))
+        await stream.__anext__()
+        assert sched.kv_cache_usage >= len(prompt) / 512  # the running sequence's cells
+        stream.cancel()
+        while sched.in_flight:  # the decode loop retires the cancelled sequence at its next step
+            await asyncio.sleep(0.01)
+        assert sched.kv_cache_usage == 0.0  # its cells stay in the slot, as a cache, not as load
     finally:
         await asyncio.to_thread(sched.close)
 
