@@ -3,23 +3,29 @@
 Only addresses and paths change (upstreams, listener and admin ports, the descriptor set); the routes,
 filters and timeouts stay those of the edge that compose and Kubernetes run. `--grpc-listen` moves the
 raw gRPC listener (loopback by default: only the transcoder's calls reach it); the edge's own calls to it
-follow.
+follow. `--picker` with `--pool` hands the inference routes to an endpoint picker (picker.py).
 
 Usage: python deploy/envoy/render.py --descriptors OUT.pb --listen 127.0.0.1:8080 \
-           [--grpc-listen 127.0.0.1:8081] [--upstream store=127.0.0.1:12435 ...] > envoy-local.yaml
+           [--grpc-listen 127.0.0.1:8081] [--upstream store=127.0.0.1:12435 ...] \
+           [--picker 127.0.0.1:9002 --pool 10.0.0.5:12434,10.0.0.6:12434 [--picker-tls]] > envoy-local.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 
 ENVOY_YAML = pathlib.Path(__file__).resolve().with_name("envoy.yaml")
+# A sibling script, not a package module: loaded by its path, whichever way this file was loaded.
+_PICKER_SPEC = importlib.util.spec_from_file_location("deploy_envoy_picker", ENVOY_YAML.with_name("picker.py"))
+picker = importlib.util.module_from_spec(_PICKER_SPEC)
+_PICKER_SPEC.loader.exec_module(picker)
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 HTTP_MANAGER = "envoy.filters.network.http_connection_manager"
 # The upstreams the edge routes to, as the local launcher starts them.
@@ -80,8 +86,12 @@ def render(
     grpc_listen: str | None = None,
     probes_listen: str | None = None,
     admin: str | None = None,
+    endpoint_picker: str | None = None,
+    pool: Sequence[str] = (),
+    picker_tls: bool = False,
 ) -> dict[str, Any]:
-    """Points `config` (envoy.yaml, loaded) at local addresses; returns it."""
+    """Points `config` (envoy.yaml, loaded) at local addresses; with `endpoint_picker`, its inference
+    routes go to the `pool` endpoint the picker chooses. Returns it."""
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     for name, address in upstreams.items():
         if name not in clusters:
@@ -110,6 +120,11 @@ def render(
                 per_route = route.get("typed_per_filter_config", {}).get(TRANSCODER)
                 if per_route is not None:
                     per_route["proto_descriptor"] = str(descriptors)
+    if endpoint_picker:
+        picker.add_picker(http_managers(config)[0], config["static_resources"]["clusters"],
+                          picker=endpoint_picker, pool=pool, tls=picker_tls)
+    elif pool:
+        raise ValueError("a pool needs an endpoint picker (--picker)")
     return config
 
 
@@ -124,7 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--upstream", action="append", default=[], metavar="NAME=HOST:PORT", help="override a local upstream"
     )
+    parser.add_argument("--picker", metavar="HOST:PORT",
+                        help="an endpoint picker (the Inference Extension's EPP, ext_proc) for the inference routes")
+    parser.add_argument("--pool", default="", metavar="IP:PORT[,IP:PORT...]",
+                        help="the replicas the picker may choose (each serves the inference APIs)")
+    parser.add_argument("--picker-tls", action="store_true", help="the picker serves TLS (the EPP's default)")
     args = parser.parse_args(argv)
+    if bool(args.picker) != bool(args.pool):
+        parser.error("--picker and --pool go together")
     upstreams = dict(LOCAL_UPSTREAMS)
     for item in args.upstream:
         name, _, address = item.partition("=")
@@ -137,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
         grpc_listen=args.grpc_listen,
         probes_listen=args.probes_listen,
         admin=args.admin,
+        endpoint_picker=args.picker,
+        pool=[item for item in args.pool.split(",") if item],
+        picker_tls=args.picker_tls,
     )
     yaml.safe_dump(config, sys.stdout, sort_keys=False)
 
