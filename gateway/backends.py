@@ -10,9 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelrunner.common.channels import open_channel
-from modelrunner.v1 import distribution_pb2_grpc, runner_pb2_grpc, store_pb2_grpc
+from modelrunner.v1 import distribution_pb2_grpc, runner_pb2, runner_pb2_grpc, store_pb2_grpc
 
 HEALTH_TIMEOUT_S = 1.0
+RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 
 
 class UpstreamError(Exception):
@@ -71,10 +72,11 @@ class Service:
     def stream(self, method: str, request, timeout: float | None = None) -> ServerStream:
         return ServerStream(self, getattr(self.stub, method)(request, timeout=timeout))
 
-    async def health(self) -> bool:
+    async def health(self, service: str = "") -> bool:
+        """Whether the process (or, named, one of its gRPC services) answers SERVING."""
         stub = health_pb2_grpc.HealthStub(self.channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_S)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=HEALTH_TIMEOUT_S)
         except grpc.aio.AioRpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -122,6 +124,12 @@ class Backends:
     async def health(self) -> dict[str, bool]:
         results = await asyncio.gather(*(s.health() for s in self.all()))
         return {s.name: ok for s, ok in zip(self.all(), results)}
+
+    async def serving_health(self) -> dict[str, bool]:
+        """What inference needs: the Store, and the Runner service itself, which a Runner preloading its
+        models reports NOT_SERVING until they are loaded (the Distribution is not needed to serve)."""
+        store, runner = await asyncio.gather(self.store.health(), self.runner.health(RUNNER_SERVICE))
+        return {"store": store, "runner": runner}
 
     async def close(self) -> None:
         await asyncio.gather(*(s.channel.close() for s in self.all()))

@@ -1,4 +1,5 @@
-"""Operations routes: GET /healthz (ready only when all three services answer SERVING) and GET /metrics
+"""Operations routes: GET /healthz (ready only when all three services answer SERVING), GET /readyz (ready
+to serve inference: the Store and the Runner with its preloaded models) and GET /metrics
 (the gateway's Prometheus registry, plus the Runner's metrics when MODELRUNNER_RUNNER_METRICS_URL is set)."""
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def install(app: FastAPI) -> None:
     @app.get("/healthz", tags=["Operations"], summary="200 when the Store, Distribution and Runner are serving")
     async def healthz(request: Request) -> JSONResponse:
         backends: Backends = request.app.state.backends
-        health = await backends.health()
-        down = [name for name, ok in health.items() if not ok]
-        if down:
-            addresses = {s.name: s.address for s in backends.all()}
-            names = ", ".join(f"{name} ({addresses[name]})" for name in down)
-            raise APIError(503, f"not ready: {names} not serving", code="service_unavailable")
-        return JSONResponse({"status": "ok", "services": {name: "SERVING" for name in health}})
+        return _answer(backends, await backends.health())
+
+    @app.get("/readyz", tags=["Operations"],
+             summary="200 when this gateway can serve inference: the Store and its Runner (with its preloaded models)")
+    async def readyz(request: Request) -> JSONResponse:
+        backends: Backends = request.app.state.backends
+        return _answer(backends, await backends.serving_health())
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
@@ -66,3 +67,13 @@ def install(app: FastAPI) -> None:
         if url:
             own += await _runner_metrics(url, _family_names(own.decode()))
         return Response(own, media_type=CONTENT_TYPE_LATEST)
+
+
+def _answer(backends: Backends, health: dict[str, bool]) -> JSONResponse:
+    """200 naming the services, or 503 naming those not serving and where they were asked."""
+    down = [name for name, ok in health.items() if not ok]
+    if down:
+        addresses = {s.name: s.address for s in backends.all()}
+        names = ", ".join(f"{name} ({addresses[name]})" for name in down)
+        raise APIError(503, f"not ready: {names} not serving", code="service_unavailable")
+    return JSONResponse({"status": "ok", "services": {name: "SERVING" for name in health}})

@@ -9,7 +9,9 @@ import json
 import httpx
 import pytest
 import uvicorn
+from grpc_health.v1 import health_pb2
 
+from modelrunner.gateway.backends import RUNNER_SERVICE
 from modelrunner.gateway.settings import GatewayOptions
 from tests.conftest import free_port
 from tests.support.gateway_fakes import fake_services, gateway_client
@@ -178,3 +180,16 @@ async def test_client_disconnect_cancels_the_grpc_call(stream):
             server.should_exit = True
             await task
             await backends.close()
+
+
+async def test_readyz_waits_for_the_runner_service_not_the_distribution(gw):
+    """/readyz (a pool replica's readiness) follows the Runner service's own health, which a Runner
+    preloading its models keeps NOT_SERVING; /healthz (the whole stack's) does not look there."""
+    client, fakes = gw
+    await fakes.health.set(RUNNER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    waiting = await client.get("/readyz")
+    assert waiting.status_code == 503 and "runner" in waiting.json()["error"]["message"]
+    assert (await client.get("/healthz")).status_code == 200
+    await fakes.health.set(RUNNER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["services"] == {"store": "SERVING", "runner": "SERVING"}
