@@ -20,6 +20,10 @@ starts every system afresh in turn (so load from elsewhere on the machine hits a
 the table shows medians over rounds and the highest peak RSS (VmHWM) of each server process.
 
     python bench/serve_bench.py [--systems stack,llama-server] [--concurrency 1,4,8,16] [--repeats 3]
+                                [--fresh] [--slots 8] [--peer-slots 4]
+
+--fresh gives every request a prompt no earlier one began with (bench/RESULTS.md: the repeated grid
+measures the prompt cache from its second cell on, not serving).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -227,19 +232,39 @@ def http_round(endpoint: peers.Endpoint, prompts: list[str], concurrency: list[i
 
     async def go() -> dict[int, Cell]:
         await cell(1, 1, 8)  # warm up (our Runner loads the model on first use)
-        return {n: await cell(n, max(n, args.min_requests), args.tokens) for n in concurrency}
+        cells = {}
+        for n in concurrency:
+            requests = max(n, args.min_requests)
+            if args.fresh:  # the same prompts for every system in this round, never seen before by any
+                nonlocal prompts
+                prompts = [fresh_prompt(args.rounds_done, n, i) for i in range(requests)]
+            cells[n] = await cell(n, requests, args.tokens)
+        return cells
 
     return asyncio.run(go())
+
+
+_WORDS = ("river", "copper", "lantern", "maple", "orbit", "velvet", "harbor", "quartz", "meadow", "signal",
+          "falcon", "ember", "glacier", "mosaic", "tundra", "violet", "canyon", "saffron", "beacon", "pebble")
+
+
+def fresh_prompt(round_no: int, concurrency: int, i: int) -> str:
+    """A chat prompt of about 40 tokens that no earlier request began with: a seeded list of words
+    first (so no prompt cache, ours or llama-server's, can serve it), then one of the grid's questions."""
+    rng = random.Random(f"{round_no}/{concurrency}/{i}")
+    words = " ".join(rng.choice(_WORDS) for _ in range(12))
+    return chat(f"Keep these words in mind: {words}. {PROMPTS[i % len(PROMPTS)]}")
 
 
 def fastest_flash(model: Path, prompts: list[str], logs: Path, args, notes: list[str]) -> tuple[bool, str]:
     """llama-server's flash attention on vs off at N=8 (one cell each); the faster runs the grid."""
     rates = {}
+    slots = args.peer_slots or args.slots
     for flash in (True, False):
-        with peers.llama_server(model, args.context, args.slots, flash, logs) as endpoint:
-            rates[flash] = http_round(endpoint, prompts, [args.slots], args, notes)[args.slots].tokens_per_s
+        with peers.llama_server(model, args.context, slots, flash, logs) as endpoint:
+            rates[flash] = http_round(endpoint, prompts, [slots], args, notes)[slots].tokens_per_s
     best = rates[True] >= rates[False]
-    return best, (f"llama-server flash attention probe at N={args.slots}: on {rates[True]:.1f} tok/s, "
+    return best, (f"llama-server flash attention probe at N={slots}: on {rates[True]:.1f} tok/s, "
                   f"off {rates[False]:.1f} tok/s; the grid uses {'on' if best else 'off'}")
 
 
@@ -260,7 +285,7 @@ def run_round(name: str, model: Path, prompts: list[str], logs: Path, args, run:
         if run.flash is None:
             run.flash, note = fastest_flash(model, prompts, logs, args, run.notes)
             run.notes.append(note)
-        server = peers.llama_server(model, args.context, args.slots, run.flash, logs)
+        server = peers.llama_server(model, args.context, args.peer_slots or args.slots, run.flash, logs)
     with server as endpoint:
         run.add(name, http_round(endpoint, prompts, args.concurrency, args, run.notes))
         rss = endpoint.peak_rss_bytes()
@@ -281,7 +306,8 @@ def report(run: Run, args) -> str:
         "# Serving benchmark (issue 10)",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} cores, {peers.threads()} threads "
-        f"per system; Gemma 3 270M Q4_K_M, context {args.context}, {args.slots} slots; {args.tokens} greedy tokens per "
+        f"per system; Gemma 3 270M Q4_K_M, context {args.context}, {args.slots} slots (llama-server {args.peer_slots or args.slots}); "
+        f"{'fresh prompts (none repeats)' if args.fresh else 'the 8 repeated prompts'}; {args.tokens} greedy tokens per "
         f"request (EOS ignored); a cell sends max(N, {args.min_requests}) requests, N in flight; medians of "
         f"{args.rounds_done} of {args.repeats} rounds. Client: httpx async streaming on /v1/completions. Times in ms.",
         "",
@@ -323,6 +349,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--context", type=int, default=8192, help="KV cache tokens, the same for every system")
     parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
                         help="parallel slots of the stack's Runner and of llama-server (the issue's grid: 8)")
+    parser.add_argument("--peer-slots", type=int, default=0,
+                        help="llama-server's slots when they differ from --slots (its default is 4)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="every request a prompt never sent before (the default workload repeats 8 prompts)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]

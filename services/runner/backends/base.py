@@ -18,7 +18,7 @@ class LoadOptions:
     """How to load one model; zero/None fields take the backend's default."""
 
     context_size: int = 0      # tokens of the unified KV cache shared by all slots; 0: min(trained, 8192)
-    parallel: int = 4          # sequences decoded together (slots)
+    parallel: int = 16         # sequences decoded together (slots): 16 users without a queue; cells are shared
     gpu_layers: int | None = None  # None: all when the backend can offload, else 0
     flash_attention: bool | None = None  # None: the backend decides
     batch_size: int = 512      # tokens per decode step (prompt chunks + one per running sequence)
