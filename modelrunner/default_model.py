@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from modelrunner.common.channels import open_sync_channel
 from modelrunner.store.upload import package_files
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 
@@ -58,7 +59,7 @@ def ensure_default_model(store_addr: str, say: Callable[[str], None] = print) ->
     """Imports the default model unless its tag exists; adds the `ai/smollm2` alias unless taken.
 
     Returns True when something was imported."""
-    with grpc.insecure_channel(store_addr) as channel:
+    with open_sync_channel(store_addr) as channel:
         store = store_pb2_grpc.StoreStub(channel)
         imported = False
         if not _exists(store, NAME):

@@ -6,10 +6,12 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelrunner.common.channels import open_sync_channel
+
 
 def grpc_health(addr: str, timeout: float = 1.0) -> str:
     """The overall status a service reports ("SERVING", "NOT_SERVING", ...) or "UNREACHABLE"."""
-    with grpc.insecure_channel(addr) as channel:
+    with open_sync_channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

@@ -1,9 +1,11 @@
-"""gRPC client channels between services, with trace propagation and the same message limits."""
+"""gRPC client channels between services, with trace propagation, the same message limits and, when
+this process has TLS configured (tls.current()), TLS with its client certificate."""
 
 from __future__ import annotations
 
 import grpc
 
+from modelrunner.common import tls
 from modelrunner.common.server import GRPC_OPTIONS
 from modelrunner.common.telemetry import client_interceptors
 
@@ -18,4 +20,22 @@ CLIENT_OPTIONS = [
 
 
 def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=client_interceptors())
+    settings = tls.current()
+    if settings is None:
+        return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=client_interceptors())
+    return grpc.aio.secure_channel(
+        address,
+        settings.channel_credentials(),
+        options=[*CLIENT_OPTIONS, *settings.channel_options()],
+        interceptors=client_interceptors(),
+    )
+
+
+def open_sync_channel(address: str) -> grpc.Channel:
+    """A blocking channel as open_channel's, for the CLI's probes and imports (no telemetry there)."""
+    settings = tls.current()
+    if settings is None:
+        return grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    return grpc.secure_channel(
+        address, settings.channel_credentials(), options=[*GRPC_OPTIONS, *settings.channel_options()]
+    )

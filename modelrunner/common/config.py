@@ -55,7 +55,14 @@ TRACE_FILE = Setting("trace-file", "", "also write finished spans as JSON lines 
 METRICS_LISTEN = Setting("metrics-listen", "", "host:port to serve Prometheus metrics on (off if empty)")
 SHUTDOWN_GRACE = Setting("shutdown-grace", "30", "seconds in-flight calls may take to finish on SIGTERM")
 
-COMMON = (LOG_LEVEL, LOG_FORMAT, TRACE_FILE, METRICS_LISTEN, SHUTDOWN_GRACE)
+# TLS for the gRPC hops, from PEM files (see modelrunner/common/tls.py); all empty: plaintext.
+TLS_CERT = Setting("tls-cert", "", "PEM certificate this process serves gRPC with and presents as a client")
+TLS_KEY = Setting("tls-key", "", "PEM private key of --tls-cert (unencrypted)")
+TLS_CA = Setting("tls-ca", "", "PEM roots peers must chain to; on a server it requires client certificates (mTLS)")
+TLS_SERVER_NAME = Setting("tls-server-name", "", "name expected in server certificates instead of the dialled host")
+TLS = (TLS_CERT, TLS_KEY, TLS_CA, TLS_SERVER_NAME)
+
+COMMON = (LOG_LEVEL, LOG_FORMAT, TRACE_FILE, METRICS_LISTEN, SHUTDOWN_GRACE, *TLS)
 
 
 def parse(description: str, settings: Sequence[Setting], argv: Sequence[str] | None = None) -> argparse.Namespace:
