@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+from grpc_health.v1 import health_pb2
+
 from modelrunner.common import config, memory
 from modelrunner.common.config import Setting
-from modelrunner.common.server import grace_seconds, init_process, serve
+from modelrunner.common.server import GrpcService, grace_seconds, init_process, serve
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
 from modelrunner.runner.engine_client import ProcessLauncher
@@ -16,13 +18,17 @@ from modelrunner.runner.engine_router import add_runner_to_server
 from modelrunner.runner.manager import ManagerConfig, ModelManager
 from modelrunner.runner.metrics import RunnerMetrics
 from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive, parse_step_factor
+from modelrunner.runner.preload import parse_preload, preload
 from modelrunner.runner.resolver import StoreResolver
 from modelrunner.v1 import runner_pb2
 
 SERVICE_NAME = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 
 STATE_DIR = Setting("runner-state-dir", "", "the Runner's persisted settings (default: DATA_DIR/runner)")
-PARALLEL = Setting("runner-parallel", "4", "sequences decoded together per model (slots)")
+PARALLEL = Setting(
+    "runner-parallel", str(LoadOptions.parallel),
+    "sequences decoded together per model (slots; the unified KV cache spends cells on real tokens only, so a slot costs nothing until used)",
+)
 CONTEXT_SIZE = Setting("runner-context-size", "0", "default KV cache tokens per model, shared by its slots (0: min(trained, 8192))")
 KEEP_ALIVE = Setting("runner-keep-alive", "5m", "how long an idle model stays loaded ('0': unload at once, '-1': forever)")
 MAX_MODELS = Setting("runner-max-models", "3", "models loaded at most at once")
@@ -33,6 +39,10 @@ BATCH_SIZE = Setting("runner-batch-size", "512", "tokens per decode step (prompt
 PREFILL_STEP_FACTOR = Setting(
     "runner-prefill-step-factor", str(LoadOptions.prefill_step_factor),
     "while sequences decode, a step carrying prompt tokens lasts at most this many plain decode steps (0: no limit)",
+)
+PRELOAD = Setting(
+    "runner-preload", "",
+    "models (comma-separated) to load before the Runner service reports SERVING; waited for if not in the Store yet",
 )
 DECODE_TIMEOUT = Setting(
     "runner-decode-timeout", "120",
@@ -45,7 +55,7 @@ PROMPT_CACHE = Setting(
 
 SETTINGS = (
     config.LISTEN, config.STORE_ADDR, config.DATA_DIR, STATE_DIR, PARALLEL, CONTEXT_SIZE, KEEP_ALIVE,
-    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PREFILL_STEP_FACTOR, PROMPT_CACHE, DECODE_TIMEOUT, *config.COMMON,
+    MAX_MODELS, MEMORY_BUDGET, MAX_QUEUE, THREADS, BATCH_SIZE, PREFILL_STEP_FACTOR, PROMPT_CACHE, DECODE_TIMEOUT, PRELOAD, *config.COMMON,
 )
 
 
@@ -114,6 +124,12 @@ async def run(args) -> None:
     def register(server) -> None:
         add_runner_to_server(manager, server)
 
+    async def on_start(service: GrpcService) -> None:
+        await preload(manager, models)
+        await service.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    models = parse_preload(args.runner_preload)
+
     await serve(
         "runner",
         args.listen or config.RUNNER_ADDR.value(),
@@ -121,6 +137,8 @@ async def run(args) -> None:
         register,
         grace=grace_seconds(args),
         on_stop=on_stop,
+        on_start=on_start if models else None,
+        hold=(SERVICE_NAME,) if models else (),
     )
 
 

@@ -167,7 +167,7 @@ def test_each_replica_is_a_runner_and_a_gateway_on_the_shared_models(rendered: R
 def test_readiness_keeps_a_replica_out_until_it_can_serve(rendered: Resources) -> None:
     runner, gateway = (container(rendered, "runner-replica", n) for n in ("runner", "gateway"))
     assert runner["readinessProbe"]["grpc"] == {"port": 12437, "service": "modelrunner.v1.Runner"}
-    assert gateway["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8000}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8000}
     # Liveness asks only whether the processes answer: a replica waiting to serve is not restarted.
     assert runner["livenessProbe"]["grpc"] == {"port": 12437}
     assert gateway["livenessProbe"]["grpc"] == {"port": port(gateway, "grpc-health")}
