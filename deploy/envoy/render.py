@@ -4,10 +4,12 @@ Only addresses and paths change (upstreams, listener and admin ports, the descri
 filters and timeouts stay those of the edge that compose and Kubernetes run. `--grpc-listen` moves the
 raw gRPC listener (loopback by default: only the transcoder's calls reach it); the edge's own calls to it
 follow. `--picker` with `--pool` hands the inference routes to an endpoint picker (picker.py).
+`--upstream-tls` dials the services' gRPC ports over mTLS, for services run with MODELRUNNER_TLS_*.
 
 Usage: python deploy/envoy/render.py --descriptors OUT.pb --listen 127.0.0.1:8080 \
            [--grpc-listen 127.0.0.1:8081] [--upstream store=127.0.0.1:12435 ...] \
-           [--picker 127.0.0.1:9002 --pool 10.0.0.5:12434,10.0.0.6:12434 [--picker-tls]] > envoy-local.yaml
+           [--picker 127.0.0.1:9002 --pool 10.0.0.5:12434,10.0.0.6:12434 [--picker-tls]] \
+           [--upstream-tls cert.pem,key.pem,ca.pem[,server-name]] > envoy-local.yaml
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import importlib.util
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -77,6 +79,52 @@ def edge_routes(config: dict[str, Any]) -> list[dict[str, Any]]:
     return routes(config, "edge")
 
 
+GRPC_UPSTREAMS = ("store", "distribution", "runner")
+
+
+class UpstreamTls(NamedTuple):
+    """PEM files Envoy dials the services' gRPC ports with when they serve TLS (MODELRUNNER_TLS_*):
+    its client certificate for mTLS, the CA the services' certificates chain to, and the name they carry."""
+
+    cert: str
+    key: str
+    ca: str
+    server_name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> UpstreamTls:
+        parts = text.split(",")
+        if len(parts) not in (3, 4) or not all(parts[:3]):
+            raise ValueError(f"--upstream-tls takes CERT,KEY,CA[,SERVER_NAME], not {text!r}")
+        return cls(*(str(pathlib.Path(p).resolve()) for p in parts[:3]), *parts[3:])
+
+    def transport_socket(self) -> dict[str, Any]:
+        context: dict[str, Any] = {
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": self.cert}, "private_key": {"filename": self.key}}],
+                "validation_context": {"trusted_ca": {"filename": self.ca}},
+            },
+        }
+        if self.server_name:
+            context["sni"] = self.server_name
+            context["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] = [
+                {"san_type": "DNS", "matcher": {"exact": self.server_name}}
+            ]
+        return {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", **context,
+            },
+        }
+
+
+def _dial_with_tls(cluster: dict[str, Any], upstream_tls: UpstreamTls) -> None:
+    cluster["transport_socket"] = upstream_tls.transport_socket()
+    for check in cluster.get("health_checks", []):
+        check["tls_options"] = {"alpn_protocols": ["h2"]}
+
+
 def render(
     config: dict[str, Any],
     *,
@@ -89,6 +137,7 @@ def render(
     endpoint_picker: str | None = None,
     pool: Sequence[str] = (),
     picker_tls: bool = False,
+    upstream_tls: UpstreamTls | None = None,
 ) -> dict[str, Any]:
     """Points `config` (envoy.yaml, loaded) at local addresses; with `endpoint_picker`, its inference
     routes go to the `pool` endpoint the picker chooses. Returns it."""
@@ -120,6 +169,9 @@ def render(
                 per_route = route.get("typed_per_filter_config", {}).get(TRANSCODER)
                 if per_route is not None:
                     per_route["proto_descriptor"] = str(descriptors)
+    if upstream_tls is not None:
+        for name in GRPC_UPSTREAMS:
+            _dial_with_tls(clusters[name], upstream_tls)
     if endpoint_picker:
         picker.add_picker(http_managers(config)[0], config["static_resources"]["clusters"],
                           picker=endpoint_picker, pool=pool, tls=picker_tls)
@@ -144,7 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", default="", metavar="IP:PORT[,IP:PORT...]",
                         help="the replicas the picker may choose (each serves the inference APIs)")
     parser.add_argument("--picker-tls", action="store_true", help="the picker serves TLS (the EPP's default)")
+    parser.add_argument("--upstream-tls", metavar="CERT,KEY,CA[,SERVER_NAME]",
+                        help="dial the Store, Distribution and Runner over mTLS (services run with MODELRUNNER_TLS_*)")
     args = parser.parse_args(argv)
+    try:
+        upstream_tls = UpstreamTls.parse(args.upstream_tls) if args.upstream_tls else None
+    except ValueError as exc:
+        parser.error(str(exc))
     if bool(args.picker) != bool(args.pool):
         parser.error("--picker and --pool go together")
     upstreams = dict(LOCAL_UPSTREAMS)
@@ -162,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         endpoint_picker=args.picker,
         pool=[item for item in args.pool.split(",") if item],
         picker_tls=args.picker_tls,
+        upstream_tls=upstream_tls,
     )
     yaml.safe_dump(config, sys.stdout, sort_keys=False)
 

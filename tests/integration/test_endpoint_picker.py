@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,13 +24,13 @@ import grpc
 import httpx
 import openai
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 from tests.conftest import free_port
 from tests.support import processes
 from tests.support.deploy_scripts import build_descriptors, render
+from tests.support.envoy import running_envoy
 from tests.support.epp_double import Load, parse_load
 from tests.support.packaging import package
 from tests.support.stack import Stack
@@ -40,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "ai/tiny:latest"
 EOS = "2"  # tests/support/tiny_gguf.py's end-of-sequence token, banned so every stream runs to max_tokens
 MAX_TOKENS = 24
-START_TIMEOUT_S = 60
 
 
 @dataclass
@@ -104,30 +102,6 @@ class Pool:
     edge: str
     replicas: list[Replica]
     picker: subprocess.Popen
-
-
-@contextlib.contextmanager
-def running_envoy(config: dict, workdir: Path) -> Iterator[str]:
-    """The real Envoy on `config`; yields its edge URL once its readiness listener says ready."""
-    (workdir / "envoy.yaml").write_text(yaml.safe_dump(config))
-    ports = {item["name"]: item["address"]["socket_address"]["port_value"] for item in config["static_resources"]["listeners"]}
-    with (workdir / "envoy.log").open("wb") as log:
-        envoy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "envoy"), "-c", str(workdir / "envoy.yaml"), "--disable-hot-restart",
-             "--log-level", "warning", "--concurrency", "1"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert envoy.poll() is None, (workdir / "envoy.log").read_text()[-4000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{ports['probes']}/ready", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (workdir / "envoy.log").read_text()[-4000:]
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{ports['edge']}"
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")

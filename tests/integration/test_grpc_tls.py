@@ -20,6 +20,8 @@ from modelrunner.common.channels import open_sync_channel
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 from tests.conftest import free_port
 from tests.support import processes
+from tests.support.deploy_scripts import build_descriptors, render
+from tests.support.envoy import running_envoy
 from tests.support.packaging import package_over_http
 from tests.support.stack import Stack
 
@@ -191,3 +193,27 @@ def test_the_stack_serves_http_over_mtls_between_its_services(tmp_path: Path, pk
     finally:
         codes = stack.stop()
     assert codes["gateway"] == 0, stack.log("gateway").read_text()[-3000:]
+
+
+def test_envoy_dials_the_services_over_mtls(tmp_path: Path, pki) -> None:
+    """The edge in front of a TLS stack: render.py --upstream-tls makes the real Envoy's gRPC clusters
+    (the transcoded /models routes, its health checks) speak mTLS with the services."""
+    stack = Stack(tmp_path, _tls_env(pki, "service", MODELRUNNER_TLS_SERVER_NAME=SERVER_NAME)).start()
+    try:
+        stack.wait_healthy()
+        cert, key = pki["service"]
+        config = render.render(
+            render.load(),
+            descriptors=build_descriptors.build(tmp_path / "modelrunner.pb"),
+            upstreams={"gateway": f"127.0.0.1:{stack.http_port}",
+                       **{name: f"127.0.0.1:{stack.ports[name]}" for name in ("store", "distribution", "runner")}},
+            listen=f"127.0.0.1:{free_port()}", grpc_listen=f"127.0.0.1:{free_port()}",
+            probes_listen=f"127.0.0.1:{free_port()}", admin=f"127.0.0.1:{free_port()}",
+            upstream_tls=render.UpstreamTls(str(cert), str(key), str(pki["ca"][0]), SERVER_NAME),
+        )
+        with running_envoy(config, tmp_path) as edge:
+            transcoded = httpx.get(f"{edge}/models", headers={"x-modelrunner-transcode": "1"}, timeout=10)
+            assert transcoded.status_code == 200, transcoded.text  # Envoy -> Store over mTLS
+            assert transcoded.json().get("models", []) == []
+    finally:
+        stack.stop()
