@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,8 +113,10 @@ class Unavailable(RuntimeError):
     """HTTP 503: the system was transiently unable to answer; the cell is worth one retry."""
 
 
-async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint, prompt: str, tokens: int) -> Trace:
-    """One streamed /v1/completions request; a token event is an SSE chunk carrying text."""
+async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint, prompt: str, tokens: int,
+                            on_token: Callable[[], None] | None = None) -> Trace:
+    """One streamed /v1/completions request; a token event is an SSE chunk carrying text (`on_token`
+    is called at each)."""
     # repeat_penalty 1: llama-server's default, where the stack's default for a base model is 1.2
     body = {"model": endpoint.model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0,
             "stream": True, "stream_options": {"include_usage": True}, **endpoint.extra}
@@ -140,6 +142,8 @@ async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint,
             choices = event.get("choices") or []
             if choices and choices[0].get("text"):
                 arrivals.append(time.perf_counter())
+                if on_token is not None:
+                    on_token()
     return Trace(start, arrivals, usage if usage is not None else len(arrivals))
 
 

@@ -24,8 +24,9 @@ class LoadOptions:
     batch_size: int = 512      # tokens per decode step (prompt chunks + one per running sequence)
     threads: int = 0           # 0: the CPU cores this process may use
     # A step carrying prompt tokens lasts at most this many plain decode steps while sequences decode
-    # (step_budget.py); 0: no limit, the whole batch (llama-server's way).
-    prefill_step_factor: float = 4.0
+    # (step_budget.py); 0: no limit, the whole batch (llama-server's way). Off by default: at 4 it made a
+    # 200-token prompt's TTFT 7x llama-server's (bench/long_arrival.py, bench/RESULTS.md).
+    prefill_step_factor: float = 0.0
     runtime_flags: tuple[str, ...] = ()
 
 
