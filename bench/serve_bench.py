@@ -66,6 +66,7 @@ class Trace:
     start: float
     arrivals: list[float]
     tokens: int  # the server's usage count when it reports one, else the token events seen
+    text: str = ""  # what was generated (a multi-turn chat appends it to its transcript)
 
     @property
     def end(self) -> float:
@@ -122,6 +123,7 @@ async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint,
             "stream": True, "stream_options": {"include_usage": True}, **endpoint.extra}
     start = time.perf_counter()
     arrivals: list[float] = []
+    pieces: list[str] = []
     usage: int | None = None
     async with client.stream("POST", f"{endpoint.url}/v1/completions", json=body) as response:
         if response.status_code == 503:
@@ -142,9 +144,10 @@ async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint,
             choices = event.get("choices") or []
             if choices and choices[0].get("text"):
                 arrivals.append(time.perf_counter())
+                pieces.append(choices[0]["text"])
                 if on_token is not None:
                     on_token()
-    return Trace(start, arrivals, usage if usage is not None else len(arrivals))
+    return Trace(start, arrivals, usage if usage is not None else len(arrivals), "".join(pieces))
 
 
 async def http_cell(endpoint: peers.Endpoint, prompts: list[str], concurrency: int, requests: int, tokens: int) -> Cell:

@@ -33,13 +33,13 @@ export async function sampleLoad() {
   const queued = replica(samples, "modelrunner_queue_depth");
   const running = replica(samples, "modelrunner_active_sequences");
   const kv = highest(samples, "modelrunner_kv_cache_usage"); // the fullest model's cache
-  if (previous) {
-    const seconds = Math.max(1e-3, now.at - previous.at);
-    const rate = now.tokens === null || previous.tokens === null ? null : Math.max(0, now.tokens - previous.tokens) / seconds;
-    charts.tokens.push([rate]);
-    charts.ttft.push([quantile(previous.ttft, now.ttft, 0.5), quantile(previous.ttft, now.ttft, 0.95)]);
-    charts.itl.push([quantile(previous.itl, now.itl, 0.5), quantile(previous.itl, now.itl, 0.99)]);
-  }
+  // The first scrape has nothing to take a rate from, but its latencies are what was observed so far.
+  const before = previous || { at: now.at, tokens: null, ttft: [], itl: [] };
+  const seconds = Math.max(1e-3, now.at - before.at);
+  const rate = now.tokens === null || before.tokens === null ? null : Math.max(0, now.tokens - before.tokens) / seconds;
+  charts.tokens.push([rate]);
+  charts.ttft.push([quantile(before.ttft, now.ttft, 0.5), quantile(before.ttft, now.ttft, 0.95)]);
+  charts.itl.push([quantile(before.itl, now.itl, 0.5), quantile(before.itl, now.itl, 0.99)]);
   charts.queue.push([queued, running]);
   charts.kv.push([kv]);
   previous = now;

@@ -185,9 +185,18 @@ class EngineProcess:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                await self.refresh()
+                await asyncio.wait_for(self.refresh(), self._stats_seconds() + 1.0)
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # the engine is being reaped
+                log.warning("engine poll cancelled from inside gRPC", extra={"fields": {"model": self.name}})
             except Exception:  # one bad answer must not end the watch over this engine
                 log.exception("engine poll failed", extra={"fields": {"model": self.name}})
+            self._kill_if_silent()  # whatever the poll ran into: silence alone is the sign of a hung engine
+
+    def _stats_seconds(self) -> float:
+        timeout = self._launcher.decode_timeout
+        return min(timeout, 5.0) if timeout else 5.0
 
     async def refresh(self) -> None:
         """Asks the engine for its load and its metrics; kills it when it looks hung."""
@@ -195,10 +204,9 @@ class EngineProcess:
         if self._exited.is_set():
             return
         try:
-            stats = json.loads(await self._stats(b"", timeout=min(timeout, 5.0) if timeout else 5.0))
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
-            if timeout and time.monotonic() - self._answered > timeout:
-                self._kill(f"it did not answer for over {timeout:g} s")
+            stats = json.loads(await self._stats(b"", timeout=self._stats_seconds()))
+        except Exception:  # no answer, or one that is not the engine's: the same as silence
+            self._kill_if_silent()
             return
         self._answered = time.monotonic()
         self.scheduler = RemoteLoad(stats["busy"], stats["queued"], stats["kv"])
@@ -206,6 +214,11 @@ class EngineProcess:
             replay(self._metrics, stats["metrics"])
         if timeout and stats["decoding_for"] > timeout:
             self._kill(f"a decode step ran for over {timeout:g} s")
+
+    def _kill_if_silent(self) -> None:
+        timeout = self._launcher.decode_timeout
+        if timeout and not self._exited.is_set() and time.monotonic() - self._answered > timeout:
+            self._kill(f"it did not answer for over {timeout:g} s")
 
     def _kill(self, reason: str) -> None:
         if self._proc.returncode is None and not self._killed_for:
@@ -224,7 +237,9 @@ class EngineProcess:
             while (chunk := await call.read()) is not grpc.aio.EOF:  # cheaper than `async for` per chunk
                 yield chunk
         except grpc.aio.AioRpcError as exc:
-            raise await self._failure(exc) from None
+            raise await self._failure(exc.code(), exc.details()) from None
+        except asyncio.CancelledError:
+            raise await self._cancelled() from None
         finally:
             call.cancel()
 
@@ -233,7 +248,9 @@ class EngineProcess:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            raise await self._failure(exc) from None
+            raise await self._failure(exc.code(), exc.details()) from None
+        except asyncio.CancelledError:
+            raise await self._cancelled() from None
         finally:
             call.cancel()
 
@@ -246,9 +263,18 @@ class EngineProcess:
             self._calls[method] = call
         return call
 
-    async def _failure(self, exc: grpc.aio.AioRpcError) -> ServiceError:
+    async def _cancelled(self) -> BaseException:
+        """What to raise when a call to the engine was cancelled: the cancellation itself when the
+        caller went away, else (the channel was closed under it: the engine is being reaped) how the
+        engine ended. A handler that lets that CancelledError out sends its caller no status at all,
+        so the caller would wait for its deadline."""
+        if asyncio.current_task().cancelling():
+            return asyncio.CancelledError()
+        return await self._failure(grpc.StatusCode.CANCELLED, "")
+
+    async def _failure(self, code: grpc.StatusCode, details: str) -> ServiceError:
         """The engine's own status, or UNAVAILABLE saying how the engine ended when it did."""
-        if exc.code() in _BROKEN:
+        if code in _BROKEN:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._exited.wait(), EXIT_WAIT_SECONDS)
         if self._stopping:
@@ -257,7 +283,7 @@ class EngineProcess:
             )
         if self._exited.is_set():
             return self._gone()
-        return ServiceError(exc.code(), exc.details() or f"the engine of {self.name} failed")
+        return ServiceError(code, details or f"the engine of {self.name} failed")
 
     def _gone(self) -> ServiceError:
         return ServiceError(

@@ -104,7 +104,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, processes.log_tail(proc)
             try:
                 if _health(addr, _credentials(pki)) == health_pb2.HealthCheckResponse.SERVING:
                     break
@@ -170,10 +170,10 @@ def test_a_bad_file_stops_the_service_at_start_naming_it_and_its_variable(
     env = {**os.environ, "MODELRUNNER_LISTEN": f"127.0.0.1:{free_port()}", "MODELRUNNER_MODELS_DIR": str(tmp_path),
            **_tls_env(pki, "store"), variable: str(path)}
     proc = processes.start("modelrunner.store", env)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert f"{variable} (--{variable.removeprefix('MODELRUNNER_').lower().replace('_', '-')}): {path}" in stderr.decode()
-    assert message in stderr.decode()
+    assert proc.wait(timeout=60) != 0
+    stderr = processes.log_tail(proc)
+    assert f"{variable} (--{variable.removeprefix('MODELRUNNER_').lower().replace('_', '-')}): {path}" in stderr
+    assert message in stderr
 
 
 def test_the_stack_serves_http_over_mtls_between_its_services(tmp_path: Path, pki, tiny_gguf: Path) -> None:

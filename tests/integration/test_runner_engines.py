@@ -32,7 +32,7 @@ from modelrunner.store.upload import package_files
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
 from tests.support.runner_doubles import FileResolver
-from tests.support.processes import alive, children, open_paths, start, wait_healthy
+from tests.support.processes import alive, children, log_tail, open_paths, start, wait_healthy
 from tests.support.tiny_gguf import write_tiny_gguf
 
 MODELS = ("ai/one:test", "ai/two:test")
@@ -88,6 +88,7 @@ def engines(tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        print(log_tail(procs[1], 20000))  # pytest shows it when a test failed
 
 
 def generate(model: str, max_tokens: int) -> runner_pb2.GenerateRequest:

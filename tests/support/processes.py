@@ -6,15 +6,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
 
 
 def start(module: str, env: dict[str, str], **popen) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen
-    )
+    """The service's log goes to an unnamed file, never a pipe: a pipe nobody reads fills (64 KiB) and
+    then blocks the service, and its engine processes, at their next log line."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL, stderr=log, **popen)
+    proc.log = log
+    return proc
+
+
+def log_tail(proc: subprocess.Popen, size: int = 2000) -> str:
+    """The end of what a process `start`ed wrote to its log."""
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")[-size:]
 
 
 def wait_healthy(addr: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -25,7 +35,7 @@ def wait_healthy(addr: str, proc: subprocess.Popen, timeout: float = 60) -> None
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited: {proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"{proc.args} exited: {log_tail(proc)}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return

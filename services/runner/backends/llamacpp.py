@@ -29,6 +29,9 @@ from modelrunner.runner.backends.base import (
 from modelrunner.runner.backends.llamacpp_pooling import MAX_SEQUENCES, pooled
 
 DEFAULT_MAX_CONTEXT = 8192
+# Tokens llama.cpp computes at once (its physical batch, n_ubatch): the compute buffers are sized by it,
+# so a larger logical batch (a step's tokens, n_batch) costs no memory; llama.cpp's own default.
+UBATCH = 512
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 _GGML_LOG_WARN = 3
 _GGML_LOG_ERROR = 4
@@ -162,7 +165,7 @@ class LlamaCppModel(LoadedModel):
         trained = llama_cpp.llama_model_n_ctx_train(model)
         context = backend.context_for(trained, options)
         self._batch_size = max(options.batch_size, options.parallel)
-        cparams = self._context_params(context, self._batch_size, options.parallel)
+        cparams = self._context_params(context, self._batch_size, min(self._batch_size, UBATCH), options.parallel)
         # One logits row per sequence and step: without this cap llama.cpp reserves n_batch rows
         # (512 x 262k floats = 512 MiB for Gemma 3).
         cparams.n_outputs_max = options.parallel
@@ -207,11 +210,11 @@ class LlamaCppModel(LoadedModel):
             reranker=llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_RANK,
         )
 
-    def _context_params(self, context: int, batch: int, parallel: int):
+    def _context_params(self, context: int, batch: int, ubatch: int, parallel: int):
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = context
         cparams.n_batch = batch
-        cparams.n_ubatch = batch
+        cparams.n_ubatch = ubatch
         cparams.n_seq_max = parallel
         cparams.kv_unified = True
         cparams.swa_full = False
@@ -370,7 +373,7 @@ class LlamaCppModel(LoadedModel):
         pooling (a generative model's, or a reranker's, whose own pooling yields scores, not vectors)."""
         if self._pool_ctx.get(rank) is None:
             context = min(self.facts.context_size, DEFAULT_MAX_CONTEXT)
-            cparams = self._context_params(context, context, MAX_SEQUENCES)
+            cparams = self._context_params(context, context, context, MAX_SEQUENCES)  # inputs in one ubatch
             cparams.embeddings = True
             has_pooling = _meta(self._model, f"{self.facts.architecture}.pooling_type") is not None
             if rank:
