@@ -35,7 +35,7 @@ MAX_MODELS = Setting("runner-max-models", "3", "models loaded at most at once")
 MEMORY_BUDGET = Setting("runner-memory-budget", "0", "bytes all loaded models may take (0: 9 tenths of the RAM available at start)")
 MAX_QUEUE = Setting("runner-max-queue", "64", "requests waiting per model before RESOURCE_EXHAUSTED")
 THREADS = Setting("runner-threads", "0", "CPU threads per decode (0: the cores this process may use)")
-BATCH_SIZE = Setting("runner-batch-size", "512", "tokens per decode step (prompt chunks + running sequences)")
+BATCH_SIZE = Setting("runner-batch-size", "2048", "tokens per decode step (prompt chunks + running sequences)")
 PREFILL_STEP_FACTOR = Setting(
     "runner-prefill-step-factor", str(LoadOptions.prefill_step_factor),
     "while sequences decode, a step carrying prompt tokens lasts at most this many plain decode steps (0: no limit)",

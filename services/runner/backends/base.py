@@ -21,7 +21,9 @@ class LoadOptions:
     parallel: int = 16         # sequences decoded together (slots): 16 users without a queue; cells are shared
     gpu_layers: int | None = None  # None: all when the backend can offload, else 0
     flash_attention: bool | None = None  # None: the backend decides
-    batch_size: int = 512      # tokens per decode step (prompt chunks + one per running sequence)
+    # Tokens per decode step (prompt chunks + one per running sequence), llama-server's n_batch: a long
+    # prompt stalls running streams in few long steps rather than many (bench/long_arrival.py).
+    batch_size: int = 2048
     threads: int = 0           # 0: the CPU cores this process may use
     # A step carrying prompt tokens lasts at most this many plain decode steps while sequences decode
     # (step_budget.py); 0: no limit, the whole batch (llama-server's way). Off by default: at 4 it made a

@@ -164,8 +164,8 @@ class LlamaCppModel(LoadedModel):
         self._threads = options.threads or usable_cores()
         trained = llama_cpp.llama_model_n_ctx_train(model)
         context = backend.context_for(trained, options)
-        self._batch_size = max(options.batch_size, options.parallel)
-        cparams = self._context_params(context, self._batch_size, min(self._batch_size, UBATCH), options.parallel)
+        batch = max(options.batch_size, options.parallel)
+        cparams = self._context_params(context, batch, min(batch, UBATCH), options.parallel)
         # One logits row per sequence and step: without this cap llama.cpp reserves n_batch rows
         # (512 x 262k floats = 512 MiB for Gemma 3).
         cparams.n_outputs_max = options.parallel
@@ -178,6 +178,7 @@ class LlamaCppModel(LoadedModel):
         self._ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not self._ctx:
             raise ValueError(f"llama.cpp could not create a context of {context} tokens")
+        self._batch_size = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at the context
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._n_swa = llama_cpp.llama_model_n_swa(model)
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
