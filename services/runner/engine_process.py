@@ -100,14 +100,22 @@ class ArrivalsInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
+# The Runner's decode timeout is for a step of up to this many tokens; a bigger step is given as many
+# timeouts as it carries such shares (a 2048-token prompt step of a large model on a few CPU cores can
+# rightly take minutes, each 512 tokens of it no longer than a 512-token step would).
+TIMEOUT_TOKENS = 512
+
+
 class DecodeClock:
     """Times the model's decode calls, so a hung one is seen (the Runner kills this process)."""
 
     def __init__(self, model: LoadedModel) -> None:
         self._started = 0.0
+        self._shares = 1.0
         decode = model.decode
 
         def timed() -> int:
+            self._shares = max(1.0, model.batch_tokens / TIMEOUT_TOKENS)
             self._started = time.monotonic()
             try:
                 return decode()
@@ -117,8 +125,9 @@ class DecodeClock:
         model.decode = timed  # type: ignore[method-assign]
 
     def running_for(self) -> float:
+        """Seconds the current step has run, per TIMEOUT_TOKENS tokens it carries; 0 between steps."""
         started = self._started
-        return time.monotonic() - started if started else 0.0
+        return (time.monotonic() - started) / self._shares if started else 0.0
 
 
 class OneModel:

@@ -46,7 +46,7 @@ PRELOAD = Setting(
 )
 DECODE_TIMEOUT = Setting(
     "runner-decode-timeout", "120",
-    "seconds one decode step (or an engine's silence) may last before the engine is taken as hung and killed (0: never)",
+    "seconds one decode step (per 512 tokens it carries) or an engine's silence may last before the engine is taken as hung and killed (0: never)",
 )
 PROMPT_CACHE = Setting(
     "runner-prompt-cache", "on",

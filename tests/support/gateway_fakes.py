@@ -75,6 +75,7 @@ class FakeRunner(runner_pb2_grpc.RunnerServicer):
     def __init__(self) -> None:
         self.requests: list = []
         self.cancelled = asyncio.Event()
+        self.slow_started = asyncio.Event()  # the slow model's call is in flight
 
     async def Generate(self, request, context):
         self.requests.append(request)
@@ -85,6 +86,7 @@ class FakeRunner(runner_pb2_grpc.RunnerServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", trailing_metadata=(("retry-after", "7"),))
         if model == "docker.io/ai/slow:latest":
             yield runner_pb2.GenerateChunk(text="a", model=model)
+            self.slow_started.set()
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:  # grpc.aio cancels the handler when the client cancels the call

@@ -65,8 +65,9 @@ def test_recorded_metrics_replay_into_the_runners_instruments_once():
 
 
 class BlockingModel:
-    def __init__(self) -> None:
+    def __init__(self, batch_tokens: int = 1) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
+        self.batch_tokens = batch_tokens
 
     def decode(self) -> int:
         self.entered.set()
@@ -86,3 +87,18 @@ def test_the_decode_clock_sees_a_decode_step_that_does_not_return():
     model.release.set()
     step.join()
     assert clock.running_for() == 0
+
+
+def test_the_decode_clock_gives_a_big_step_a_timeout_per_512_tokens():
+    model = BlockingModel(batch_tokens=2048)
+    clock = DecodeClock(model)
+    step = threading.Thread(target=model.decode)
+    started = time.monotonic()
+    step.start()
+    model.entered.wait(10)
+    time.sleep(0.04)
+    counted, elapsed = clock.running_for(), time.monotonic() - started
+    model.release.set()
+    step.join()
+    assert 0.01 <= counted <= elapsed / 4  # a quarter of the time it ran: four 512-token shares
+

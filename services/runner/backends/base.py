@@ -93,6 +93,11 @@ class LoadedModel(ABC):
     def batch_capacity(self) -> int:
         """Tokens one step may carry (prompt chunks and running sequences together)."""
 
+    @property
+    @abstractmethod
+    def batch_tokens(self) -> int:
+        """Tokens in the step's batch so far."""
+
     @abstractmethod
     def batch_clear(self) -> None: ...
 

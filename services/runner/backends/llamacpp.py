@@ -263,6 +263,10 @@ class LlamaCppModel(LoadedModel):
     def batch_capacity(self) -> int:
         return self._batch_size
 
+    @property
+    def batch_tokens(self) -> int:
+        return self._n
+
     def batch_clear(self) -> None:
         self._n = 0
         self._n_out = 0
