@@ -7,7 +7,8 @@ here without a tokenizer: token counts come from the servers' `usage`. Each requ
 (bench/serve_bench.py's fresh_prompt, without the chat markup: GuideLLM sends /v1/chat/completions,
 so each server applies the model's chat template) with exactly --tokens tokens out (GuideLLM sends
 `max_tokens` and `ignore_eos`). Per system and concurrency: output tok/s (tokens over the benchmark's
-duration) and TTFT p50 as GuideLLM measures them, medians over rounds.
+duration) and TTFT p50 as GuideLLM measures them, medians over rounds; one request warms each
+system up first.
 
     python3 -m venv /tmp/gl && /tmp/gl/bin/pip install guidellm
     python bench/second_opinion.py --guidellm /tmp/gl/bin/guidellm [--concurrency 4,8] [--repeats 2]
@@ -16,6 +17,7 @@ duration) and TTFT p50 as GuideLLM measures them, medians over rounds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -26,10 +28,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 from batch_limit import PROMPTS  # noqa: E402
-from serve_bench import _WORDS, log_dir  # noqa: E402
+from serve_bench import _WORDS, fresh_prompt, log_dir, stream_completion  # noqa: E402
 
 SYSTEMS = ("stack", "llama-server")
 
@@ -41,6 +45,13 @@ def write_prompts(path: Path, round_no: int, count: int, tokens: int) -> None:
             words = " ".join(rng.choice(_WORDS) for _ in range(12))
             prompt = f"Keep these words in mind: {words}. {PROMPTS[i % len(PROMPTS)]}"
             out.write(json.dumps({"prompt": prompt, "output_tokens_count": tokens}) + "\n")
+
+
+async def warm_up(endpoint: peers.Endpoint) -> None:
+    """One request first, as bench/serve_bench.py does: the stack loads a model on its first request,
+    llama-server at its start, and neither load belongs in the first cell."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+        await stream_completion(client, endpoint, fresh_prompt(-1, -1, 0), 8)
 
 
 def guidellm(executable: str, endpoint: peers.Endpoint, prompts: Path, streams: int, requests: int,
@@ -79,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 server = (peers.llama_server(model, args.context, args.slots, True, logs) if name == "llama-server"
                           else peers.modelrunner_stack(model, args.context, args.slots, logs))
                 with server as endpoint:
+                    asyncio.run(warm_up(endpoint))
                     for n in levels:
                         prompts = Path(work) / f"{round_no}-{name}-{n}.jsonl"
                         write_prompts(prompts, round_no * 100 + n, 2 * n, args.tokens)

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelrunner.gateway import edge_policy
 from modelrunner.gateway.errors import APIError
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})  # probes need no key; nor does the web page, which asks for it
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/health", "/"})  # probes need no key; nor does the web page, which asks for it
 OPEN_PREFIXES = ("/ui/",)  # the page's static files: no data, nothing a key protects
 
 

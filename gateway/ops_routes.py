@@ -56,6 +56,9 @@ def install(app: FastAPI) -> None:
 
     @app.get("/readyz", tags=["Operations"],
              summary="200 when this gateway can serve inference: the Store and its Runner (with its preloaded models)")
+    # /health: where llama-server and vLLM answer it, so clients and benchmarks written for them
+    # (GuideLLM checks it before it starts) find the server up.
+    @app.get("/health", tags=["Operations"], summary="As /readyz, at llama-server's and vLLM's path")
     async def readyz(request: Request) -> JSONResponse:
         backends: Backends = request.app.state.backends
         return _answer(backends, await backends.serving_health())

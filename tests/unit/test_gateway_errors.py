@@ -193,7 +193,9 @@ async def test_readyz_waits_for_the_runner_service_not_the_distribution(gw):
     await fakes.health.set(RUNNER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     waiting = await client.get("/readyz")
     assert waiting.status_code == 503 and "runner" in waiting.json()["error"]["message"]
+    assert (await client.get("/health")).status_code == 503  # llama-server's and vLLM's path, the same answer
     assert (await client.get("/healthz")).status_code == 200
     await fakes.health.set(RUNNER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["services"] == {"store": "SERVING", "runner": "SERVING"}
+    assert (await client.get("/health")).json() == ready.json()
