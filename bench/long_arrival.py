@@ -26,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
-from serve_bench import _WORDS, fresh_prompt, log_dir, percentile, stream_completion  # noqa: E402
+from serve_bench import _WORDS, fresh_prompt, interleaved, percentile, stream_completion  # noqa: E402
 
 
 def long_prompt(round_no: int, tokens: int) -> str:
@@ -82,13 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     systems = [f"stack-f{f}-b{b}" for f in args.factors.split(",") for b in args.batches.split(",")]
     systems.append("llama-server")
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
     model = peers.gemma_path()
-    with log_dir() as logs:
-        for round_no in range(args.repeats):
-            for name in systems:
-                results[name].append(run_system(name, model, logs, round_no, args))
-                print(name, {k: round(v * 1000) for k, v in results[name][-1].items()}, flush=True)
+    results = interleaved(systems, args.repeats, lambda name, logs, n: run_system(name, model, logs, n, args))
     peer = {k: statistics.median(r[k] for r in results["llama-server"]) for k in results["llama-server"][0]}
     print(f"\n{args.streams} streams decoding, one ~{args.long_tokens}-token prompt arrives; {args.slots} slots, "
           f"context {args.context}; medians of {args.repeats} rounds; ms (ratio to llama-server)\n")

@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
-from serve_bench import Trace, fresh_prompt, log_dir, percentile, stream_completion  # noqa: E402
+from serve_bench import Trace, fresh_prompt, interleaved, percentile, stream_completion  # noqa: E402
 
 FOLLOW_UPS = ("Tell me more about that.", "Give one example.", "Now say it in one sentence.",
               "What would you add?", "Why does that matter?")
@@ -77,13 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--context", type=int, default=8192)
     args = parser.parse_args(argv)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in SYSTEMS}
     model = peers.gemma_path()
-    with log_dir() as logs:
-        for round_no in range(args.repeats):
-            for name in SYSTEMS:
-                results[name].append(run_system(name, model, logs, round_no, args))
-                print(name, {k: round(v, 3) for k, v in results[name][-1].items()}, flush=True)
+    results = interleaved(SYSTEMS, args.repeats, lambda name, logs, n: run_system(name, model, logs, n, args))
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
     ours, peer = med["stack"], med["llama-server"]
     print(f"\n{args.chats} chats at once, {args.turns} turns of {args.tokens} tokens; {args.slots} slots, "

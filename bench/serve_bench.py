@@ -384,6 +384,19 @@ def log_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def interleaved(systems: Sequence[str], repeats: int,
+                run: Callable[[str, Path, int], dict[str, float]]) -> dict[str, list[dict[str, float]]]:
+    """`run(system, logs, round_no)` for every system in turn, `repeats` rounds (so a noisy neighbour
+    hits all alike); each system's figures by round."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
+    with log_dir() as logs:
+        for round_no in range(repeats):
+            for name in systems:
+                results[name].append(run(name, logs, round_no))
+                print(name, {k: round(v, 3) for k, v in results[name][-1].items()}, flush=True)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     model = peers.gemma_path()
