@@ -52,21 +52,19 @@ async def one_round(endpoint: peers.Endpoint, round_no: int, args) -> dict[str, 
         long = await stream_completion(client, endpoint, long_prompt(round_no, args.long_tokens), 16)
         traces = await asyncio.gather(*streams)
     window = (long.start, long.arrivals[0])
-    gaps = [b - a for t in traces for a, b in zip(t.arrivals, t.arrivals[1:]) if b > window[0] and a < window[1]]
-    every_gap = [b - a for t in traces for a, b in zip(t.arrivals, t.arrivals[1:])]
+    pairs = [(a, b) for t in traces for a, b in zip(t.arrivals, t.arrivals[1:])]  # successive tokens
+    gaps = [b - a for a, b in pairs if b > window[0] and a < window[1]]
+    every_gap = [b - a for a, b in pairs]
     return {"itl_p50": percentile(gaps, 0.5), "itl_p99": percentile(gaps, 0.99), "max_gap": max(gaps),
             "stream_p99": percentile(every_gap, 0.99), "long_ttft": window[1] - window[0]}
 
 
 def run_system(name: str, model: Path, logs: Path, round_no: int, args) -> dict[str, float]:
-    if name == "llama-server":
-        server = peers.llama_server(model, args.context, args.slots, True, logs)
-    else:
+    if name != "llama-server":
         factor, batch = name.removeprefix("stack-f").split("-b")
         os.environ["MODELRUNNER_RUNNER_PREFILL_STEP_FACTOR"] = factor
         os.environ["MODELRUNNER_RUNNER_BATCH_SIZE"] = batch
-        server = peers.modelrunner_stack(model, args.context, args.slots, logs)
-    with server as endpoint:
+    with peers.stack_or_llama_server(name, model, args.context, args.slots, logs) as endpoint:
         return asyncio.run(one_round(endpoint, round_no, args))
 
 

@@ -60,11 +60,7 @@ async def one_round(endpoint: peers.Endpoint, round_no: int, args) -> dict[str, 
 
 
 def run_system(name: str, model: Path, logs: Path, round_no: int, args) -> dict[str, float]:
-    if name == "llama-server":
-        server = peers.llama_server(model, args.context, args.slots, True, logs)
-    else:
-        server = peers.modelrunner_stack(model, args.context, args.slots, logs)
-    with server as endpoint:
+    with peers.stack_or_llama_server(name, model, args.context, args.slots, logs) as endpoint:
         return asyncio.run(one_round(endpoint, round_no, args))
 
 

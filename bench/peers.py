@@ -209,6 +209,14 @@ def modelrunner_stack(model: Path, context: int, slots: int, logs: Path, prompt_
                 shutil.copytree(layout.logs_dir, logs / "stack", dirs_exist_ok=True)
 
 
+def stack_or_llama_server(name: str, model: Path, context: int, slots: int, logs: Path):
+    """`llama-server` (flash attention on) or, for any other name, our stack: the two systems the
+    issue-18 benchmarks compare with the same slots and context."""
+    if name == "llama-server":
+        return llama_server(model, context, slots, True, logs)
+    return modelrunner_stack(model, context, slots, logs)
+
+
 def _wait_stack(layout, process: subprocess.Popen, log: Path):
     """The launcher's recorded state once it says "ready"."""
     from modelrunner.stack import StackState

@@ -87,9 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with log_dir() as logs, tempfile.TemporaryDirectory(prefix="guidellm-") as work:
         for round_no in range(args.repeats):
             for name in SYSTEMS:
-                server = (peers.llama_server(model, args.context, args.slots, True, logs) if name == "llama-server"
-                          else peers.modelrunner_stack(model, args.context, args.slots, logs))
-                with server as endpoint:
+                with peers.stack_or_llama_server(name, model, args.context, args.slots, logs) as endpoint:
                     asyncio.run(warm_up(endpoint))
                     for n in levels:
                         prompts = Path(work) / f"{round_no}-{name}-{n}.jsonl"
