@@ -199,14 +199,13 @@ class EngineProcess:
         return min(timeout, 5.0) if timeout else 5.0
 
     async def refresh(self) -> None:
-        """Asks the engine for its load and its metrics; kills it when it looks hung."""
+        """Asks the engine for its load and its metrics; kills it when a decode step runs too long."""
         timeout = self._launcher.decode_timeout
         if self._exited.is_set():
             return
         try:
             stats = json.loads(await self._stats(b"", timeout=self._stats_seconds()))
-        except Exception:  # no answer, or one that is not the engine's: the same as silence
-            self._kill_if_silent()
+        except Exception:  # no answer, or one that is not the engine's: silence, which _poll judges
             return
         self._answered = time.monotonic()
         self.scheduler = RemoteLoad(stats["busy"], stats["queued"], stats["kv"])
