@@ -15,7 +15,6 @@ exponential backoff, its exit code or signal logged and recorded for `status`; o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from modelrunner import probes
 from modelrunner.common import config
+from modelrunner.common.lifeline import PARENT_PID_ENV
 from modelrunner.stack import HOST, ServiceSpec, Stack, StackLayout, StackState, pid_alive
 
 Say = Callable[[str], None]
@@ -40,13 +40,6 @@ class LaunchError(Exception):
 
 class _Stop(Exception):
     """SIGTERM or SIGHUP arrived: stop the stack like Ctrl-C does."""
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: on Linux, SIGTERM the service if the launcher itself dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
@@ -119,12 +112,11 @@ class Supervisor:
             offset = log.tell()
             process = subprocess.Popen(
                 spec.command(),
-                env=self.stack.env(spec),
+                env={**self.stack.env(spec), PARENT_PID_ENV: str(os.getpid())},  # the service dies with us
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         return process, log_path, offset
 

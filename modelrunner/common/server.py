@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from modelrunner.common import tls
 from modelrunner.common.interceptors import ServiceErrorInterceptor
+from modelrunner.common.lifeline import die_with_launcher
 from modelrunner.common.logs import setup_logging
 from modelrunner.common.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
 
@@ -96,6 +97,7 @@ def init_process(service: str, args) -> None:
     """Logging, telemetry, TLS and the optional Prometheus endpoint, from the common settings.
 
     The TLS files are read here, so a bad one stops the process before it serves anything."""
+    die_with_launcher()
     setup_logging(service, args.log_level, args.log_format)
     try:
         settings = tls.from_args(args)

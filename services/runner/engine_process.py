@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -32,6 +31,7 @@ from typing import TextIO
 
 import grpc
 
+from modelrunner.common import lifeline
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.interceptors import ServiceErrorInterceptor
 from modelrunner.common.logs import setup_logging
@@ -52,7 +52,6 @@ STATS_METHOD = "/modelrunner.engine.Engine/Stats"
 # The Runner's count of requests still resolving a model name when it forwarded this one (see Arrivals).
 ARRIVING_KEY = "x-modelrunner-arriving"
 EXIT_DECODE_LOOP = 70
-_PR_SET_PDEATHSIG = 1
 
 
 def spec_to_json(spec: EngineSpec, socket: str, *, log_level: str, log_format: str) -> str:
@@ -185,9 +184,7 @@ def _die_with(parent_pid: int, socket: str) -> None:
     signal.signal(signal.SIGTERM, leave)
     # Ctrl-C reaches the whole process group: the Runner drains its calls then stops this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # it died before prctl
+    if not lifeline.die_with(parent_pid):
         leave()
 
     def watch_stdin() -> None:

@@ -8,6 +8,7 @@ tiny model cannot fill in the moment between their first chunk and the freeze.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -38,8 +39,18 @@ from tests.support.tiny_gguf import write_tiny_gguf
 MODELS = ("ai/one:test", "ai/two:test")
 
 
-def _no_core_dumps() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the SIGABRT test must not leave a core file
+@contextlib.contextmanager
+def _no_core_dumps():
+    """Processes started inside inherit a core size limit of 0: the SIGABRT test must not leave a core
+    file. Set here, around the start, not by a preexec_fn: that runs Python in the forked child of a
+    process with gRPC threads, where a garbage-collected channel can abort the child before its exec
+    (seen: the Runner "exited" with SIGABRT and gRPC's epoll error before it ever ran)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
 
 
 @pytest.fixture
@@ -64,7 +75,8 @@ def engines(tmp_path):
         "MODELRUNNER_SHUTDOWN_GRACE": "2",
     }
     runner_env = {**env, "MODELRUNNER_METRICS_LISTEN": metrics_addr}
-    procs = [start("modelrunner.store", env), start("modelrunner.runner", runner_env, preexec_fn=_no_core_dumps)]
+    with _no_core_dumps():
+        procs = [start("modelrunner.store", env), start("modelrunner.runner", runner_env)]
     try:
         wait_healthy(store_addr, procs[0])
         wait_healthy(runner_addr, procs[1])
