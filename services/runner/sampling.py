@@ -1,7 +1,7 @@
 """Per-sequence token sampling in numpy, on the logits row in place (llama.cpp's sampler order).
 
 Gemma 3 has 262k tokens: the row is never copied into Python objects. Greedy sampling is one argmax
-over the zero-copy view; the stochastic path narrows to top-k candidates with argpartition first, so
+over the zero-copy view; the stochastic path narrows to the top-k candidates first (`top_k_ids`), so
 the sorting and softmax work on k entries only.
 """
 
@@ -17,6 +17,9 @@ DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.95
 DEFAULT_MIN_P = 0.05
 PENALTY_WINDOW = 64
+# Logits per block in top_k_ids: the row's block maxima are one fast reduction, and k blocks of 256
+# are few candidates (bench: 0.2-0.4 ms for Gemma's 262k row, against 3.5-4.8 for argpartition).
+_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,7 @@ class Sampler:
     def _stochastic(self, logits: np.ndarray) -> int:
         opts = self.options
         k = opts.top_k if 0 < opts.top_k < logits.size else logits.size
-        if k < logits.size:
-            ids = np.argpartition(logits, -k)[-k:]
-        else:
-            ids = np.arange(logits.size)
+        ids = top_k_ids(logits, k)
         values = logits[ids].astype(np.float64)
         order = np.argsort(-values)
         ids, values = ids[order], values[order]
@@ -130,3 +130,25 @@ class Sampler:
             top = np.argpartition(finite, -n)[-n:]
             top = top[np.argsort(-finite[top])]
             result.top = [(int(t), float(finite[t]) - log_z) for t in top]
+
+
+def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest logits, unordered, as `np.argpartition(logits, -k)[-k:]` gives (up to
+    ties), without partitioning the whole row: argpartition over 262k entries costs milliseconds per
+    token, which at 4 streams was a tenth of each decode step.
+
+    Exact: the k blocks with the largest maxima hold k entries >= t, the smallest of those maxima,
+    and every other block's entries are <= t, so the k largest are among those blocks and the tail.
+    """
+    n = logits.size
+    if k >= n:
+        return np.arange(n)
+    whole = n - n % _BLOCK
+    if whole // _BLOCK <= k:
+        return np.argpartition(logits, -k)[-k:]
+    maxima = logits[:whole].reshape(-1, _BLOCK).max(axis=1)
+    blocks = np.argpartition(maxima, -k)[-k:]
+    ids = (blocks[:, None] * _BLOCK + np.arange(_BLOCK)).ravel()
+    if whole < n:
+        ids = np.concatenate((ids, np.arange(whole, n)))
+    return ids[np.argpartition(logits[ids], -k)[-k:]]
