@@ -177,10 +177,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def Status(self, request, context) -> runner_pb2.StatusResponse:
         backend = self.manager.backend
+        gpu = await asyncio.to_thread(backend.gpu_available)
         return runner_pb2.StatusResponse(
-            backends=[
-                runner_pb2.BackendStatus(
-                    name=backend.name, status="running", version=backend.version(), gpu=backend.gpu_available()
-                )
-            ]
+            backends=[runner_pb2.BackendStatus(name=backend.name, status="running", version=backend.version(), gpu=gpu)]
         )

@@ -1,61 +1,24 @@
-"""llama.cpp through llama-cpp-python's low-level API: one context per model, one unified KV cache.
+"""The llama.cpp backend as the Runner's parent process sees it: facts and memory estimates, no library.
 
-The context holds `parallel` sequences in ONE unified KV cache (`kv_unified`), so a long request may
-use more than context/slots cells while the others are short; llama.cpp's defaults (`n_seq_max=1`,
-`kv_unified=False`) would silently cap every sequence at n_ctx/n_seq_max. The batch is allocated once
-and reused by every decode step; logits are read as zero-copy numpy views.
+Estimates read the GGUF header in Python (modelrunner.common.gguf_info, a fraction of a second, arrays
+skipped), so the parent never maps llama.cpp nor a vocabulary: before, a vocab-only load per estimate
+left about 100 MiB in the parent beside the engine process's own copy. `load` (engine processes only)
+imports the llama.cpp module (llamacpp_model.py).
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
+import functools
 import os
-import re
-import threading
+import subprocess
+import sys
 from collections.abc import Sequence
+from importlib import metadata
 
-import llama_cpp
-import numpy as np
-
-from modelrunner.runner.backends.base import (
-    Backend,
-    Grammar,
-    LoadedModel,
-    LoadOptions,
-    MemoryEstimate,
-    ModelFacts,
-)
-from modelrunner.runner.backends.llamacpp_pooling import MAX_SEQUENCES, pooled
+from modelrunner.common.gguf_info import read_gguf_info
+from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions, MemoryEstimate
 
 DEFAULT_MAX_CONTEXT = 8192
-# Tokens llama.cpp computes at once (its physical batch, n_ubatch): the compute buffers are sized by it,
-# so a larger logical batch (a step's tokens, n_batch) costs no memory; llama.cpp's own default.
-UBATCH = 512
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-_GGML_LOG_WARN = 3
-_GGML_LOG_ERROR = 4
-log = logging.getLogger(__name__)
-_backend_lock = threading.Lock()
-_backend_ready = False
-
-
-@llama_cpp.llama_log_callback
-def _forward_log(level: int, text: bytes, _user_data) -> None:
-    """llama.cpp writes hundreds of lines per load to stderr; keep its warnings and errors only."""
-    if level in (_GGML_LOG_WARN, _GGML_LOG_ERROR):
-        message = text.decode("utf-8", errors="replace").rstrip()
-        if message:
-            log.log(logging.ERROR if level == _GGML_LOG_ERROR else logging.WARNING, "llama.cpp: %s", message)
-
-
-def _init_backend() -> None:
-    global _backend_ready
-    with _backend_lock:
-        if not _backend_ready:
-            llama_cpp.llama_log_set(_forward_log, None)
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
 
 
 def usable_cores() -> int:
@@ -65,386 +28,52 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def context_for(trained: int, options: LoadOptions) -> int:
+    """The KV cache's tokens: the configured size, else the trained context capped at 8192."""
+    return options.context_size or min(trained or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+
+
 def kv_cache_bytes(n_layers: int, context: int, n_head_kv: int, key_len: int, value_len: int) -> int:
     """f16 K and V for every layer and cell (an upper bound for sliding-window layers)."""
     return n_layers * context * n_head_kv * (key_len + value_len) * 2
+
+
+@functools.cache
+def _gpu_offload() -> bool:
+    """Asks llama.cpp in a child process (once, about a second), so that this one never maps it."""
+    probe = "from modelrunner.runner.backends.llamacpp_model import supports_gpu_offload as s; print(int(s()))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    return done.returncode == 0 and done.stdout.strip().endswith("1")
 
 
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
 
     def version(self) -> str:
-        return llama_cpp.__version__
+        return metadata.version("llama_cpp_python")
 
     def gpu_available(self) -> bool:
-        return bool(llama_cpp.llama_supports_gpu_offload())
+        return _gpu_offload()
 
     def context_for(self, trained: int, options: LoadOptions) -> int:
-        return options.context_size or min(trained or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+        return context_for(trained, options)
 
     def estimate_memory(self, gguf_paths: Sequence[str], options: LoadOptions) -> MemoryEstimate:
-        """Weights (the files' sizes, which mmap maps) + the f16 KV cache for the context.
-
-        Reads the header through llama.cpp with `vocab_only` (a fraction of a second), not through
-        the `gguf` package, which parses the whole 262k-entry vocabulary in Python (many seconds).
-        """
-        _init_backend()
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        model = llama_cpp.llama_model_load_from_file(gguf_paths[0].encode(), params)
-        if not model:
-            raise ValueError(f"{gguf_paths[0]} is not a GGUF file llama.cpp can read")
-        try:
-            arch = _meta(model, "general.architecture") or ""
-
-            def number(key: str, default: int = 0) -> int:
-                value = _meta(model, f"{arch}.{key}")
-                try:
-                    return int(value) if value is not None else default
-                except ValueError:  # per-layer arrays: take the default
-                    return default
-
-            heads = number("attention.head_count", 1)
-            head_dim = number("embedding_length") // max(heads, 1)
-            context = self.context_for(number("context_length"), options)
-            kv = kv_cache_bytes(
-                number("block_count"),
-                context,
-                number("attention.head_count_kv", heads),
-                number("attention.key_length", head_dim),
-                number("attention.value_length", head_dim),
-            )
-        finally:
-            llama_cpp.llama_model_free(model)
+        """Weights (the files' sizes, which mmap maps) + the f16 KV cache for the context."""
+        info = read_gguf_info(gguf_paths[0])  # ValueError when it is not GGUF
+        kv = kv_cache_bytes(
+            info.block_count,
+            context_for(info.context_length, options),
+            info.head_count_kv or 1,
+            info.key_length,
+            info.value_length,
+        )
         weights = sum(os.path.getsize(p) for p in gguf_paths)
         return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv)
 
-    def load(self, gguf_paths: Sequence[str], options: LoadOptions) -> LlamaCppModel:
+    def load(self, gguf_paths: Sequence[str], options: LoadOptions) -> LoadedModel:
         if not gguf_paths:
             raise ValueError("the model has no GGUF layer")
-        _init_backend()
-        memory = self.estimate_memory(gguf_paths, options)
-        gpu_layers = options.gpu_layers
-        if gpu_layers is None:
-            gpu_layers = -1 if self.gpu_available() else 0
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = gpu_layers
-        mparams.use_mmap = True
-        if len(gguf_paths) == 1:
-            model = llama_cpp.llama_model_load_from_file(gguf_paths[0].encode(), mparams)
-        else:
-            paths = (ctypes.c_char_p * len(gguf_paths))(*[p.encode() for p in gguf_paths])
-            model = llama_cpp.llama_model_load_from_splits(paths, len(gguf_paths), mparams)
-        if not model:
-            raise ValueError(f"llama.cpp could not load {gguf_paths[0]}")
-        try:
-            return LlamaCppModel(model, options, memory, gpu_layers, self)
-        except Exception:
-            llama_cpp.llama_model_free(model)
-            raise
+        from modelrunner.runner.backends.llamacpp_model import load_model
 
-
-def _meta(model, key: str) -> str | None:
-    buf = ctypes.create_string_buffer(1 << 16)
-    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
-    if n < 0:
-        return None
-    if n >= len(buf):
-        buf = ctypes.create_string_buffer(n + 1)
-        llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
-    return buf.value.decode("utf-8", errors="replace")
-
-
-class LlamaCppModel(LoadedModel):
-    def __init__(self, model, options: LoadOptions, memory: MemoryEstimate, gpu_layers: int, backend) -> None:
-        self._model = model
-        self._vocab = llama_cpp.llama_model_get_vocab(model)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self._options = options
-        self._threads = options.threads or usable_cores()
-        trained = llama_cpp.llama_model_n_ctx_train(model)
-        context = backend.context_for(trained, options)
-        batch = max(options.batch_size, options.parallel)
-        cparams = self._context_params(context, batch, min(batch, UBATCH), options.parallel)
-        # One logits row per sequence and step: without this cap llama.cpp reserves n_batch rows
-        # (512 x 262k floats = 512 MiB for Gemma 3).
-        cparams.n_outputs_max = options.parallel
-        if options.flash_attention is not None:
-            cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                if options.flash_attention
-                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
-        self._ctx = llama_cpp.llama_init_from_model(model, cparams)
-        if not self._ctx:
-            raise ValueError(f"llama.cpp could not create a context of {context} tokens")
-        self._batch_size = llama_cpp.llama_n_batch(self._ctx)  # llama.cpp caps it at the context
-        self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._n_swa = llama_cpp.llama_model_n_swa(model)
-        self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
-        self._tokens = np.ctypeslib.as_array(self._batch.token, shape=(self._batch_size,))
-        self._pos = np.ctypeslib.as_array(self._batch.pos, shape=(self._batch_size,))
-        self._out = np.ctypeslib.as_array(self._batch.logits, shape=(self._batch_size,))
-        self._n_seq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self._batch_size,))
-        self._n_seq[:] = 1
-        self._seq_ids = [self._batch.seq_id[i] for i in range(self._batch_size)]
-        self._n = 0
-        self._n_out = 0
-        self._step_logits = np.empty((0, self._n_vocab), dtype=np.float32)
-        self._pieces: dict[int, bytes] = {}
-        self._pool_ctx: dict[bool, object] = {}  # rank pooling? -> context
-        self._embed_lock = threading.Lock()
-        arch = _meta(model, "general.architecture") or ""
-        stop = {t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
-        self.memory = memory
-        self.facts = ModelFacts(
-            architecture=arch,
-            context_size=llama_cpp.llama_n_ctx(self._ctx),
-            trained_context=trained,
-            parallel=options.parallel,
-            gpu_layers=gpu_layers,
-            vocab_size=self._n_vocab,
-            chat_template=_meta(model, "tokenizer.chat_template"),
-            bos_text=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
-            eos_text=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
-            stop_tokens=frozenset(stop),
-            reranker=llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_RANK,
-        )
-
-    def _context_params(self, context: int, batch: int, ubatch: int, parallel: int):
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = context
-        cparams.n_batch = batch
-        cparams.n_ubatch = ubatch
-        cparams.n_seq_max = parallel
-        cparams.kv_unified = True
-        cparams.swa_full = False
-        cparams.n_threads = self._threads
-        cparams.n_threads_batch = self._threads
-        cparams.no_perf = True
-        return cparams
-
-    def _special_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
-
-    # Vocabulary.
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-        if n < 0:
-            capacity = -n
-            buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-        return list(buf[:n])
-
-    def piece(self, token: int) -> bytes:
-        cached = self._pieces.get(token)
-        if cached is None:
-            buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            cached = self._pieces[token] = buf.raw[:n]
-        return cached
-
-    def token_for_text(self, text: str) -> int | None:
-        tokens = self.tokenize(text, add_special=False, parse_special=True)
-        return tokens[0] if len(tokens) == 1 else None
-
-    # Decode steps.
-    @property
-    def batch_capacity(self) -> int:
-        return self._batch_size
-
-    @property
-    def batch_tokens(self) -> int:
-        return self._n
-
-    def batch_clear(self) -> None:
-        self._n = 0
-        self._n_out = 0
-
-    def _output_row(self, want_logits: bool) -> int:
-        if not want_logits:
-            return -1
-        self._n_out += 1
-        return self._n_out - 1
-
-    def batch_add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
-        i = self._n
-        self._tokens[i] = token
-        self._pos[i] = pos
-        self._seq_ids[i][0] = seq
-        self._out[i] = want_logits
-        self._n = i + 1
-        return self._output_row(want_logits)
-
-    def batch_add_many(self, tokens: Sequence[int], start_pos: int, seq: int, logits_last: bool) -> int:
-        """Appends a prompt chunk; returns the logits row of its last token (-1 unless `logits_last`)."""
-        i, n = self._n, len(tokens)
-        self._tokens[i : i + n] = tokens
-        self._pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
-        self._out[i : i + n] = 0
-        self._out[i + n - 1] = logits_last
-        ids = self._seq_ids
-        for j in range(i, i + n):
-            ids[j][0] = seq
-        self._n = i + n
-        return self._output_row(logits_last)
-
-    def decode(self) -> int:
-        """One llama_decode; then ONE call for all of the step's logits rows (llama.cpp keeps them
-        contiguous, in batch order) instead of a foreign call per sequence, each of which releases and
-        retakes the GIL."""
-        self._batch.n_tokens = self._n
-        rc = llama_cpp.llama_decode(self._ctx, self._batch)
-        if rc == 0 and self._n_out:
-            ptr = llama_cpp.llama_get_logits(self._ctx)
-            self._step_logits = np.ctypeslib.as_array(ptr, shape=(self._n_out, self._n_vocab))
-        return rc
-
-    def logits(self, row: int) -> np.ndarray:
-        return self._step_logits[row]
-
-    def clear_sequence(self, seq: int) -> None:
-        llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
-
-    def keep_prefix(self, seq: int, n: int) -> bool:
-        return self._window_kept(seq, n) and bool(llama_cpp.llama_memory_seq_rm(self._mem, seq, n, -1))
-
-    def share_prefix(self, source: int, seq: int, n: int) -> bool:
-        if not self._window_kept(source, n):
-            return False
-        llama_cpp.llama_memory_seq_cp(self._mem, source, seq, 0, n)
-        return True
-
-    def _window_kept(self, seq: int, n: int) -> bool:
-        """Whether the sequence's cells can carry on at position n. In sliding-window layers that
-        token attends to the positions after n - n_swa, and the cache drops cells older than the
-        window: llama-server's test, stricter by one position."""
-        return not self._n_swa or llama_cpp.llama_memory_seq_pos_min(self._mem, seq) <= max(0, n - self._n_swa)
-
-    def grammar(self, gbnf: str) -> LlamaCppGrammar:
-        return LlamaCppGrammar(self._vocab, gbnf, self._n_vocab)
-
-    # Embeddings and reranking: contexts of their own (embeddings=True), made on first use.
-    def embed(self, inputs: Sequence[list[int]]) -> list[np.ndarray]:
-        with self._embed_lock:
-            vectors = pooled(self._pooling_context(rank=False), inputs, llama_cpp.llama_model_n_embd(self._model))
-        norms = [float(np.linalg.norm(v)) for v in vectors]
-        return [v / norm if norm > 0 else v for v, norm in zip(vectors, norms)]
-
-    def rank_prompt(self, query: str, document: str) -> list[int]:
-        """As llama.cpp's server lays a pair out: the GGUF's `rerank` template with {query} and
-        {document} filled in (in one pass, so neither text can inject the other's placeholder), else
-        [BOS] query [EOS] [SEP] document [EOS], each special token where the vocabulary adds it."""
-        template = llama_cpp.llama_model_chat_template(self._model, b"rerank")
-        if template:
-            fill = {"{query}": query, "{document}": document}
-            text = re.sub(r"\{query\}|\{document\}", lambda m: fill[m.group(0)], template.decode("utf-8"))
-            return self.tokenize(text, add_special=False, parse_special=True)
-        vocab = self._vocab
-        eos = llama_cpp.llama_vocab_eos(vocab)
-        if eos < 0:
-            eos = llama_cpp.llama_vocab_sep(vocab)
-        add_eos = llama_cpp.llama_vocab_get_add_eos(vocab)
-        out = [llama_cpp.llama_vocab_bos(vocab)] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
-        out += self.tokenize(query, add_special=False, parse_special=False)
-        out += [eos] if add_eos else []
-        out += [llama_cpp.llama_vocab_sep(vocab)] if llama_cpp.llama_vocab_get_add_sep(vocab) else []
-        out += self.tokenize(document, add_special=False, parse_special=False)
-        out += [eos] if add_eos else []
-        return out
-
-    def rank(self, inputs: Sequence[list[int]]) -> list[float]:
-        """The first of the classifier's outputs per pair, as llama.cpp's server scores: a logit for
-        BERT-style heads, P("yes") for Qwen3 rerankers (llama.cpp softmaxes their yes/no head)."""
-        if not self.facts.reranker:
-            raise ValueError("the model does not pool by rank")
-        width = max(llama_cpp.llama_model_n_cls_out(self._model), 1)
-        with self._embed_lock:
-            scores = pooled(self._pooling_context(rank=True), inputs, width)
-        return [float(s[0]) for s in scores]
-
-    def _pooling_context(self, *, rank: bool):
-        """Rank pooling for rank(); for embed(), the model's own pooling (an embedding model's) or mean
-        pooling (a generative model's, or a reranker's, whose own pooling yields scores, not vectors)."""
-        if self._pool_ctx.get(rank) is None:
-            context = min(self.facts.context_size, DEFAULT_MAX_CONTEXT)
-            cparams = self._context_params(context, context, context, MAX_SEQUENCES)  # inputs in one ubatch
-            cparams.embeddings = True
-            has_pooling = _meta(self._model, f"{self.facts.architecture}.pooling_type") is not None
-            if rank:
-                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_RANK
-            elif has_pooling and not self.facts.reranker:
-                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
-            else:
-                cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-            if not ctx:
-                raise RuntimeError(f"llama.cpp could not create a{' rank' if rank else 'n embedding'} context")
-            self._pool_ctx[rank] = ctx
-        return self._pool_ctx[rank]
-
-    def close(self) -> None:
-        if self._ctx:
-            llama_cpp.llama_batch_free(self._batch)
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
-        for ctx in self._pool_ctx.values():
-            llama_cpp.llama_free(ctx)
-        self._pool_ctx.clear()
-        if self._model:
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
-
-
-class LlamaCppGrammar(Grammar):
-    """A llama.cpp grammar sampler applied to one sequence's logits through a candidates array."""
-
-    def __init__(self, vocab, gbnf: str, n_vocab: int) -> None:
-        self._sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
-        if not self._sampler:
-            raise ValueError("invalid grammar")
-        self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-        self._data["id"] = np.arange(n_vocab, dtype=np.int32)
-        self._array = llama_cpp.llama_token_data_array(
-            data=self._data.ctypes.data_as(llama_cpp.llama_token_data_p),
-            size=n_vocab,
-            selected=-1,
-            sorted=False,
-        )
-        self._one = np.zeros(1, dtype=_TOKEN_DATA)
-        self._one_array = llama_cpp.llama_token_data_array(
-            data=self._one.ctypes.data_as(llama_cpp.llama_token_data_p), size=1, selected=-1, sorted=False
-        )
-
-    def apply(self, logits: np.ndarray) -> None:
-        self._data["logit"] = logits
-        self._array.size = len(self._data)
-        self._array.selected = -1
-        self._array.sorted = False
-        llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._array))
-        logits[:] = self._data["logit"]
-
-    def allows(self, token: int) -> bool:
-        self._one[0] = (token, 0.0, 0.0)
-        self._one_array.size = 1
-        self._one_array.selected = -1
-        llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._one_array))
-        return bool(np.isfinite(self._one["logit"][0]))
-
-    def accept(self, token: int) -> None:
-        llama_cpp.llama_sampler_accept(self._sampler, token)
-
-    def close(self) -> None:
-        if self._sampler:
-            llama_cpp.llama_sampler_free(self._sampler)
-            self._sampler = None
+        return load_model(gguf_paths, options, self.estimate_memory(gguf_paths, options))
