@@ -20,7 +20,7 @@ starts every system afresh in turn (so load from elsewhere on the machine hits a
 the table shows medians over rounds and the highest peak RSS (VmHWM) of each server process.
 
     python bench/serve_bench.py [--systems stack,llama-server] [--concurrency 1,4,8,16] [--repeats 3]
-                                [--fresh] [--slots 8] [--peer-slots 4]
+                                [--fresh] [--slots 8] [--peer-slots 4] [--sampling greedy|sampled]
 
 --fresh gives every request a prompt no earlier one began with (bench/RESULTS.md: the repeated grid
 measures the prompt cache from its second cell on, not serving).
@@ -114,12 +114,20 @@ class Unavailable(RuntimeError):
     """HTTP 503: the system was transiently unable to answer; the cell is worth one retry."""
 
 
+# What `--sampling` sends. repeat_penalty 1: llama-server's default, where the stack's default for a base
+# model is 1.2. "sampled": llama-server's default sampler chain, spelled out so both systems do the same
+# work (top-k over the whole vocabulary, then top-p and min-p), as a user who leaves sampling alone gets.
+SAMPLING = {
+    "greedy": {"temperature": 0, "repeat_penalty": 1.0},
+    "sampled": {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0, "seed": 1},
+}
+
+
 async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint, prompt: str, tokens: int,
-                            on_token: Callable[[], None] | None = None) -> Trace:
+                            on_token: Callable[[], None] | None = None, sampling: str = "greedy") -> Trace:
     """One streamed /v1/completions request; a token event is an SSE chunk carrying text (`on_token`
     is called at each)."""
-    # repeat_penalty 1: llama-server's default, where the stack's default for a base model is 1.2
-    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0,
+    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": tokens, **SAMPLING[sampling],
             "stream": True, "stream_options": {"include_usage": True}, **endpoint.extra}
     start = time.perf_counter()
     arrivals: list[float] = []
@@ -150,7 +158,8 @@ async def stream_completion(client: httpx.AsyncClient, endpoint: peers.Endpoint,
     return Trace(start, arrivals, usage if usage is not None else len(arrivals), "".join(pieces))
 
 
-async def http_cell(endpoint: peers.Endpoint, prompts: list[str], concurrency: int, requests: int, tokens: int) -> Cell:
+async def http_cell(endpoint: peers.Endpoint, prompts: list[str], concurrency: int, requests: int, tokens: int,
+                    sampling: str = "greedy") -> Cell:
     """`requests` requests, at most `concurrency` in flight, prompts taken in turn."""
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -158,7 +167,7 @@ async def http_cell(endpoint: peers.Endpoint, prompts: list[str], concurrency: i
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         async def one(i: int) -> Trace:
             async with gate:
-                return await stream_completion(client, endpoint, prompts[i % len(prompts)], tokens)
+                return await stream_completion(client, endpoint, prompts[i % len(prompts)], tokens, sampling=sampling)
 
         traces = await asyncio.gather(*(one(i) for i in range(requests)))
     short = [t.tokens for t in traces if t.tokens != tokens]
@@ -231,11 +240,11 @@ def http_round(endpoint: peers.Endpoint, prompts: list[str], concurrency: list[i
     the report's notes (a benchmark that hid it would hide a bug)."""
     async def cell(n: int, requests: int, tokens: int) -> Cell:
         try:
-            return await http_cell(endpoint, prompts, n, requests, tokens)
+            return await http_cell(endpoint, prompts, n, requests, tokens, args.sampling)
         except Unavailable as exc:
             notes.append(f"{endpoint.name} N={n}: retried after {exc}")
             print(f"  retrying after {exc}", flush=True)
-            return await http_cell(endpoint, prompts, n, requests, tokens)
+            return await http_cell(endpoint, prompts, n, requests, tokens, args.sampling)
 
     async def go() -> dict[int, Cell]:
         await cell(1, 1, 8)  # warm up (our Runner loads the model on first use)
@@ -314,7 +323,7 @@ def report(run: Run, args) -> str:
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} cores, {peers.threads()} threads "
         f"per system; Gemma 3 270M Q4_K_M, context {args.context}, {args.slots} slots (llama-server {args.peer_slots or args.slots}); "
-        f"{'fresh prompts (none repeats)' if args.fresh else 'the 8 repeated prompts'}; {args.tokens} greedy tokens per "
+        f"{'fresh prompts (none repeats)' if args.fresh else 'the 8 repeated prompts'}; {args.tokens} {args.sampling} tokens per "
         f"request (EOS ignored); a cell sends max(N, {args.min_requests}) requests, N in flight; medians of "
         f"{args.rounds_done} of {args.repeats} rounds. Client: httpx async streaming on /v1/completions. Times in ms.",
         "",
@@ -360,6 +369,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="llama-server's slots when they differ from --slots (its default is 4)")
     parser.add_argument("--fresh", action="store_true",
                         help="every request a prompt never sent before (the default workload repeats 8 prompts)")
+    parser.add_argument("--sampling", choices=sorted(SAMPLING), default="greedy",
+                        help="greedy, or sampled: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 (llama-server's defaults)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
