@@ -1,16 +1,18 @@
-"""Where a serving cell's time goes (issue 15): py-spy samples the Runner's engine process and its
-parent while N streams of the grid's repeated prompts run against a warm stack (bench/serve_bench.py's
-client), then prints each process's busiest frames.
+"""Where a serving cell's time goes (issue 15): while N streams of the grid's repeated prompts run
+against a warm stack (bench/serve_bench.py's client), counts the CPU time of every thread of the
+gateway, the Runner and its engine process (from /proc, per 1000 tokens served), and with --py-spy
+samples the engine and the Runner and prints each one's busiest frames.
 
 py-spy is not a project dependency: `pip install py-spy` anywhere and name it with --py-spy.
 
-    python bench/profile_cell.py --py-spy /tmp/gl/bin/py-spy [--concurrency 4] [--seconds 25]
+    python bench/profile_cell.py [--py-spy /tmp/gl/bin/py-spy] [--concurrency 4] [--seconds 25]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,9 +38,37 @@ def busiest(raw: Path, top: int) -> list[str]:
     return [f"{n / total:6.1%}  {frame}" for frame, n in own.most_common(top)] + [f"({total} samples)"]
 
 
+def thread_cpu(pid: str) -> dict[str, float]:
+    """CPU seconds (user + system) by thread name (threads of one name summed), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        name = head.partition("(")[2]
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def gateway_pid() -> str:
+    """The one gateway process running (the stack this script started)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"modelrunner.gateway" in f.read():
+                    return pid
+        except OSError:
+            continue
+    raise RuntimeError("no gateway process found")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--py-spy", required=True)
+    parser.add_argument("--py-spy", help="py-spy's path: also sample the busiest frames")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--slots", type=int, default=8)
@@ -50,16 +80,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(http_cell(endpoint, prompts, n, max(n, 8), 128))  # loads the model, warms the cache
         engine = subprocess.run(["pgrep", "-P", str(endpoint.pid)], capture_output=True, text=True).stdout.split()[0]
         targets = {"engine": engine, "runner": str(endpoint.pid)}
+        counted = {**targets, "gateway": gateway_pid(), "client": str(os.getpid())}
         spies = [subprocess.Popen([args.py_spy, "record", "-d", str(args.seconds), "-r", "50", "-f", "raw", "--nonblocking",
                                    "-o", f"{work}/{name}.txt", "-p", pid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for name, pid in targets.items()]
-        started, rates = time.monotonic(), []
+                 for name, pid in targets.items()] if args.py_spy else []
+        before = {name: thread_cpu(pid) for name, pid in counted.items()}
+        started, rates, tokens = time.monotonic(), [], 0
         while time.monotonic() - started < args.seconds - 1:
             rates.append(asyncio.run(http_cell(endpoint, prompts, n, max(n, 8), 128)).tokens_per_s)
+            tokens += max(n, 8) * 128
+        wall = time.monotonic() - started
+        after = {name: thread_cpu(pid) for name, pid in counted.items()}
         for spy in spies:
             spy.wait()
-        print(f"N={n}: tok/s per cell {[round(r, 1) for r in rates]}")
-        for name in targets:
+        print(f"N={n}: tok/s per cell {[round(r, 1) for r in rates]}; {tokens} tokens in {wall:.1f} s")
+        print("\nCPU seconds per 1000 tokens, by process and thread:")
+        for name in counted:
+            used = {t: after[name].get(t, 0.0) - before[name].get(t, 0.0) for t in after[name]}
+            busy = sorted(((sec, t) for t, sec in used.items() if sec > 0), reverse=True)
+            print(f"  {name}: {sum(used.values()) * 1000 / tokens:.3f}  "
+                  + ", ".join(f"{t} {sec * 1000 / tokens:.3f}" for sec, t in busy[:6]))
+        for name in targets if args.py_spy else ():
             print(f"\n{name} (pid {targets[name]}), busiest frames, own time:")
             print("\n".join(busiest(Path(work) / f"{name}.txt", 8)))
 
