@@ -5,7 +5,7 @@ samples the engine and the Runner and prints each one's busiest frames.
 
 py-spy is not a project dependency: `pip install py-spy` anywhere and name it with --py-spy.
 
-    python bench/profile_cell.py [--py-spy /tmp/gl/bin/py-spy] [--concurrency 4] [--seconds 25]
+    python bench/profile_cell.py [--py-spy /tmp/gl/bin/py-spy] [--concurrency 4] [--seconds 25] [--sampling sampled]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--sampling", choices=("greedy", "sampled"), default="greedy", help="as bench/serve_bench.py's")
     args = parser.parse_args(argv)
     prompts = [chat(p) for p in PROMPTS]
     n = args.concurrency
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         before = {name: thread_cpu(pid) for name, pid in counted.items()}
         started, rates, tokens = time.monotonic(), [], 0
         while time.monotonic() - started < args.seconds - 1:
-            rates.append(asyncio.run(http_cell(endpoint, prompts, n, max(n, 8), 128)).tokens_per_s)
+            rates.append(asyncio.run(http_cell(endpoint, prompts, n, max(n, 8), 128, args.sampling)).tokens_per_s)
             tokens += max(n, 8) * 128
         wall = time.monotonic() - started
         after = {name: thread_cpu(pid) for name, pid in counted.items()}
