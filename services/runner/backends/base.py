@@ -26,8 +26,9 @@ class LoadOptions:
     batch_size: int = 2048
     threads: int = 0           # 0: the CPU cores this process may use
     # A step carrying prompt tokens lasts at most this many plain decode steps while sequences decode
-    # (step_budget.py); 0: no limit, the whole batch (llama-server's way). Off by default: at 4 it made a
-    # 200-token prompt's TTFT 7x llama-server's (bench/long_arrival.py, bench/RESULTS.md).
+    # (step_budget.py); 0: no limit, the whole batch (llama-server's way). Off by default: at 8-16 it cut
+    # the running streams' longest stall 4-7x but raised their whole-stream p99 3-6x and a long prompt's
+    # TTFT up to 2x (bench/long_arrival.py, bench/RESULTS.md).
     prefill_step_factor: float = 0.0
     runtime_flags: tuple[str, ...] = ()
 
