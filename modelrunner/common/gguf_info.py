@@ -55,6 +55,9 @@ def human_size(num_bytes: float) -> str:
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+# Arrays of arrays deeper than this are refused: a hostile header nesting them 100k deep made the
+# recursive skip raise RecursionError (a 500) where it must be a clear "not a valid GGUF file".
+_MAX_ARRAY_DEPTH = 8
 
 
 class _Cursor:
@@ -72,7 +75,7 @@ class _Cursor:
         self.pos += n
         return text
 
-    def value(self, vtype: int):
+    def value(self, vtype: int, depth: int = 0):
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:  # skipped: vocabularies and the like are never needed here
@@ -82,8 +85,10 @@ class _Cursor:
                     n = self.take("Q")
                     self.pos += n
             elif item_type == _ARRAY:
+                if depth >= _MAX_ARRAY_DEPTH:
+                    raise ValueError(f"arrays nested deeper than {_MAX_ARRAY_DEPTH}")
                 for _ in range(count):
-                    self.value(_ARRAY)
+                    self.value(_ARRAY, depth + 1)
             else:
                 self.pos += struct.calcsize("<" + _SCALARS[item_type]) * count
             return None

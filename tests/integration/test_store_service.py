@@ -9,6 +9,7 @@ import json
 import mmap
 import os
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -340,10 +341,21 @@ async def test_packaging_the_253mb_gemma_takes_seconds(stub, gemma_gguf: Path):
     print(f"uploaded 253 MB in {sent - start:.2f} s, packaged it in {elapsed:.2f} s")
 
 
+def _hostile_header(tmp_path: Path, name: str, tensors: int, kv: bytes) -> Path:
+    """A file with the GGUF magic whose header lies: `tensors` tensors, one key-value pair `kv`."""
+    path = tmp_path / name
+    path.write_bytes(struct.pack("<IIQQ", 0x46554747, 3, tensors, 1) + struct.pack("<Q", 1) + b"a" + kv)
+    return path
+
+
 async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path, tiny_gguf: Path):
     not_gguf = tmp_path / "notes.txt"
     not_gguf.write_text("hello")
     gguf, notes = await uploaded(stub, tiny_gguf), await uploaded(stub, not_gguf)
+    # A hostile registry's headers: arrays of arrays 100k deep; 2^62 tensors in a 40-byte file.
+    nested = await uploaded(stub, _hostile_header(tmp_path, "nested.gguf", 0, struct.pack("<I", 9)
+                                                  + struct.pack("<IQ", 9, 1) * 100_000 + struct.pack("<IQ", 4, 0)))
+    liar = await uploaded(stub, _hostile_header(tmp_path, "liar.gguf", 2**62, struct.pack("<II", 4, 7)))
     absent = store_pb2.PackageFile(digest="sha256:" + "0" * 64, name="x.gguf")
     request = store_pb2.PackageModelRequest
     cases = [
@@ -354,6 +366,8 @@ async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path,
         (request(gguf=[gguf], license=store_pb2.PackageFile(digest=gguf.digest, name="../../etc/passwd"), name="ai/x"),
          grpc.StatusCode.INVALID_ARGUMENT, "license.name"),
         (request(gguf=[notes], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "not a GGUF file"),
+        (request(gguf=[nested], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "arrays nested deeper"),
+        (request(gguf=[liar], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid GGUF file"),
         (request(gguf=[gguf], name="../x"), grpc.StatusCode.INVALID_ARGUMENT, ""),
         (request(gguf=[gguf], name="ai/x", context_size=-1), grpc.StatusCode.INVALID_ARGUMENT, "context_size"),
     ]
