@@ -58,6 +58,7 @@ _STRING, _ARRAY = 8, 9
 # Arrays of arrays deeper than this are refused: a hostile header nesting them 100k deep made the
 # recursive skip raise RecursionError (a 500) where it must be a clear "not a valid GGUF file".
 _MAX_ARRAY_DEPTH = 8
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 class _Cursor:
@@ -114,7 +115,10 @@ def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, in
             tensors = []
             for _ in range(n_tensors):
                 c.string()
-                dims = [c.take("Q") for _ in range(c.take("I"))]
+                n_dims = c.take("I")
+                if n_dims > _MAX_DIMS:  # else a hostile count reads the rest of the file as dimensions
+                    raise ValueError(f"a tensor with {n_dims} dimensions (GGML has at most {_MAX_DIMS})")
+                dims = [c.take("Q") for _ in range(n_dims)]
                 ggml_type = c.take("I")
                 c.take("Q")  # offset
                 n = 1
