@@ -59,6 +59,9 @@ _STRING, _ARRAY = 8, 9
 # recursive skip raise RecursionError (a 500) where it must be a clear "not a valid GGUF file".
 _MAX_ARRAY_DEPTH = 8
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_KEY_BYTES = 65535  # the GGUF spec's limit
+_MAX_VALUE_BYTES = 1 << 20  # chat templates are tens of kB; longer strings are skipped, never decoded
+_MAX_STRINGS = 1 << 24  # vocabularies and merges are under a million entries
 
 
 class _Cursor:
@@ -70,10 +73,17 @@ class _Cursor:
         self.pos += struct.calcsize("<" + fmt)
         return value[0]
 
-    def string(self) -> str:
+    def string(self, limit: int = _MAX_VALUE_BYTES) -> str | None:
+        """The string here; None (skipped) past `limit` bytes, so a hostile length costs no memory."""
         n = self.take("Q")
-        text = bytes(self.data[self.pos : self.pos + n]).decode("utf-8", errors="replace")
+        text = None if n > limit else bytes(self.data[self.pos : self.pos + n]).decode("utf-8", errors="replace")
         self.pos += n
+        return text
+
+    def key(self) -> str:
+        text = self.string(_MAX_KEY_BYTES)
+        if text is None:
+            raise ValueError(f"a key longer than {_MAX_KEY_BYTES} bytes")
         return text
 
     def value(self, vtype: int, depth: int = 0):
@@ -82,6 +92,8 @@ class _Cursor:
         if vtype == _ARRAY:  # skipped: vocabularies and the like are never needed here
             item_type, count = self.take("I"), self.take("Q")
             if item_type == _STRING:
+                if count > _MAX_STRINGS:  # each is skipped in Python: a hostile count would take minutes
+                    raise ValueError(f"an array of {count} strings (at most {_MAX_STRINGS})")
                 for _ in range(count):
                     n = self.take("Q")
                     self.pos += n
@@ -110,11 +122,11 @@ def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, in
             n_tensors, n_kv = c.take("Q"), c.take("Q")
             fields: dict[str, object] = {}
             for _ in range(n_kv):
-                key = c.string()
+                key = c.key()
                 fields[key] = c.value(c.take("I"))
             tensors = []
             for _ in range(n_tensors):
-                c.string()
+                c.key()  # the tensor's name
                 n_dims = c.take("I")
                 if n_dims > _MAX_DIMS:  # else a hostile count reads the rest of the file as dimensions
                     raise ValueError(f"a tensor with {n_dims} dimensions (GGML has at most {_MAX_DIMS})")

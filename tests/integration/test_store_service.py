@@ -353,12 +353,17 @@ async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path,
     not_gguf.write_text("hello")
     gguf, notes = await uploaded(stub, tiny_gguf), await uploaded(stub, not_gguf)
     # A hostile registry's headers: arrays of arrays 100k deep; 2^62 tensors in a 40-byte file; a tensor
-    # of 2^32-1 dimensions.
+    # of 2^32-1 dimensions; an array of 2^40 strings; a key 1 MiB long.
     nested = await uploaded(stub, _hostile_header(tmp_path, "nested.gguf", 0, struct.pack("<I", 9)
                                                   + struct.pack("<IQ", 9, 1) * 100_000 + struct.pack("<IQ", 4, 0)))
     liar = await uploaded(stub, _hostile_header(tmp_path, "liar.gguf", 2**62, struct.pack("<II", 4, 7)))
     dims = await uploaded(stub, _hostile_header(tmp_path, "dims.gguf", 1, struct.pack("<II", 4, 7) + struct.pack("<Q", 1)
                                                 + b"t" + struct.pack("<I", 2**32 - 1) + b"\0" * 4096))
+    strings = await uploaded(stub, _hostile_header(tmp_path, "strings.gguf", 0, struct.pack("<IIQ", 9, 8, 2**40)
+                                                   + b"\0" * 4096))
+    long_key = tmp_path / "key.gguf"
+    long_key.write_bytes(struct.pack("<IIQQQ", 0x46554747, 3, 0, 1, 2**20) + b"k" * 4096)
+    key = await uploaded(stub, long_key)
     absent = store_pb2.PackageFile(digest="sha256:" + "0" * 64, name="x.gguf")
     request = store_pb2.PackageModelRequest
     cases = [
@@ -372,6 +377,8 @@ async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path,
         (request(gguf=[nested], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "arrays nested deeper"),
         (request(gguf=[liar], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid GGUF file"),
         (request(gguf=[dims], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "dimensions"),
+        (request(gguf=[strings], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "strings (at most"),
+        (request(gguf=[key], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "a key longer than"),
         (request(gguf=[gguf], name="../x"), grpc.StatusCode.INVALID_ARGUMENT, ""),
         (request(gguf=[gguf], name="ai/x", context_size=-1), grpc.StatusCode.INVALID_ARGUMENT, "context_size"),
     ]
