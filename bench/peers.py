@@ -43,7 +43,7 @@ class Endpoint:
     def peak_rss_bytes(self) -> int | None:
         """VmHWM (a process's lifetime peak resident set) from /proc, read while it still runs, summed over
         the process and its children: the Runner's engines run in child processes of their own."""
-        peaks = [_peak_rss(pid) for pid in (self.pid, *_children(self.pid))]
+        peaks = [_peak_rss(pid) for pid in (self.pid, *children(self.pid))]
         known = [p for p in peaks if p is not None]
         return sum(known) if known else None
 
@@ -56,7 +56,8 @@ def _peak_rss(pid: int) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (its main thread's), from /proc."""
     with contextlib.suppress(OSError):
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return []

@@ -54,16 +54,16 @@ def thread_cpu(pid: str) -> dict[str, float]:
     return out
 
 
-def gateway_pid() -> str:
-    """The one gateway process running (the stack this script started)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"modelrunner.gateway" in f.read():
-                    return pid
-        except OSError:
-            continue
-    raise RuntimeError("no gateway process found")
+def gateway_pid(runner_pid: int) -> str:
+    """The Runner's sibling gateway: the launcher's child running modelrunner.gateway (not any other
+    stack's gateway on this machine)."""
+    with open(f"/proc/{runner_pid}/stat") as f:
+        launcher = int(f.read().rpartition(")")[2].split()[1])
+    for pid in peers.children(launcher):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"modelrunner.gateway" in f.read().split(b"\0"):
+                return str(pid)
+    raise RuntimeError(f"no gateway among the children of the launcher {launcher}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with log_dir() as logs, tempfile.TemporaryDirectory(prefix="profile-") as work, \
             peers.modelrunner_stack(peers.gemma_path(), 8192, args.slots, logs) as endpoint:
         asyncio.run(http_cell(endpoint, prompts, n, max(n, 8), 128))  # loads the model, warms the cache
-        engine = subprocess.run(["pgrep", "-P", str(endpoint.pid)], capture_output=True, text=True).stdout.split()[0]
+        engine = str(peers.children(endpoint.pid)[0])
         targets = {"engine": engine, "runner": str(endpoint.pid)}
-        counted = {**targets, "gateway": gateway_pid(), "client": str(os.getpid())}
+        counted = {**targets, "gateway": gateway_pid(endpoint.pid), "client": str(os.getpid())}
         spies = [subprocess.Popen([args.py_spy, "record", "-d", str(args.seconds), "-r", "50", "-f", "raw", "--nonblocking",
                                    "-o", f"{work}/{name}.txt", "-p", pid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in targets.items()] if args.py_spy else []

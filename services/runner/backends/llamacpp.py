@@ -55,9 +55,6 @@ class LlamaCppBackend(Backend):
     def gpu_available(self) -> bool:
         return _gpu_offload()
 
-    def context_for(self, trained: int, options: LoadOptions) -> int:
-        return context_for(trained, options)
-
     def estimate_memory(self, gguf_paths: Sequence[str], options: LoadOptions) -> MemoryEstimate:
         """Weights (the files' sizes, which mmap maps) + the f16 KV cache for the context."""
         info = read_gguf_info(gguf_paths[0])  # ValueError when it is not GGUF
