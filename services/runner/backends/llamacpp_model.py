@@ -63,7 +63,7 @@ def load_model(gguf_paths: Sequence[str], options: LoadOptions, memory: MemoryEs
     _init_backend()
     gpu_layers = options.gpu_layers
     if gpu_layers is None:
-        gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        gpu_layers = -1 if supports_gpu_offload() else 0
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = gpu_layers
     mparams.use_mmap = True
