@@ -1,18 +1,19 @@
-"""What the Runner -> engine process hop costs per token chunk (issue 15).
+"""What a token chunk costs the Runner and its engine process, apart from decoding (issue 15).
 
-One model's engine process (the tiny GGUF, one slot) serves the same stream twice over: straight from
-its Unix socket, and through the Runner's router (a real Runner gRPC server in this process, which
-forwards the raw bytes). The client runs in this process too, so the difference in this process's CPU
-time per chunk is what relaying costs the Runner, a figure that other load on the machine hardly
-moves (wall time per chunk is shown as well). Best of --repeats runs.
+One model's engine process (the tiny GGUF, whose decode step is so cheap that relaying dominates)
+serves N concurrent streams through the Runner's router (a real Runner gRPC server in this process,
+which forwards to the engine). The client runs in this process too. Printed per chunk: CPU time of
+this process (Runner + client) and of the engine process (from /proc), and wall time; best of
+--repeats runs. CPU time is a figure other load on the machine hardly moves.
 
-    python bench/engine_hop.py [--tokens 2000] [--repeats 5]
+    python bench/engine_hop.py [--tokens 1000] [--streams 4] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -33,25 +34,43 @@ from modelrunner.v1 import runner_pb2, runner_pb2_grpc  # noqa: E402
 from tests.support.runner_doubles import FileResolver  # noqa: E402
 from tests.support.tiny_gguf import write_tiny_gguf  # noqa: E402
 
+TICK = os.sysconf("SC_CLK_TCK")
 
-async def per_chunk(channel: grpc.aio.Channel, tokens: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) per chunk of one stream."""
-    stub = runner_pb2_grpc.RunnerStub(channel)
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def one_stream(stub: runner_pb2_grpc.RunnerStub, tokens: int) -> int:
     request = runner_pb2.GenerateRequest(
         model="tiny", prompt="hello",
         sampling=runner_pb2.SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True),
     )
-    started, cpu = time.perf_counter(), time.process_time()
     chunks = 0
     async for _ in stub.Generate(request):
         chunks += 1
-    return (time.perf_counter() - started) / chunks, (time.process_time() - cpu) / chunks
+    return chunks
 
 
-async def main(tokens: int, repeats: int) -> None:
+async def per_chunk(stub: runner_pb2_grpc.RunnerStub, engine_pid: int, tokens: int, streams: int) -> tuple[float, ...]:
+    """(wall, CPU here, CPU of the engine) seconds per chunk of N concurrent streams."""
+    started, here, engine = time.perf_counter(), time.process_time(), process_cpu(engine_pid)
+    chunks = sum(await asyncio.gather(*(one_stream(stub, tokens) for _ in range(streams))))
+    return (
+        (time.perf_counter() - started) / chunks,
+        (time.process_time() - here) / chunks,
+        (process_cpu(engine_pid) - engine) / chunks,
+    )
+
+
+async def main(tokens: int, streams: int, repeats: int) -> None:
     tmp = Path(tempfile.mkdtemp())
-    gguf = write_tiny_gguf(tmp / "tiny.gguf", context_length=tokens + 64)
-    config = ManagerConfig(defaults=LoadOptions(context_size=tokens + 64, parallel=1, threads=1))
+    context = streams * (tokens + 64)
+    gguf = write_tiny_gguf(tmp / "tiny.gguf", context_length=context)
+    config = ManagerConfig(defaults=LoadOptions(context_size=context, parallel=streams, threads=1))
     manager = ModelManager(
         LlamaCppBackend(), FileResolver({"tiny": str(gguf)}), SettingsStore(tmp / "state"), config,
         launcher=ProcessLauncher(decode_timeout=0),
@@ -60,28 +79,21 @@ async def main(tokens: int, repeats: int) -> None:
     add_runner_to_server(manager, server.server)
     await server.start()
     entry = await manager.load("tiny")
-    channels = {
-        "engine socket": grpc.aio.insecure_channel(f"unix:{entry.engine.socket}"),
-        "through the Runner": grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"),
-    }
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in channels}
-    for _ in range(repeats):  # interleaved, so that load from elsewhere hits both alike
-        for name, channel in channels.items():
-            runs[name].append(await per_chunk(channel, tokens))
-    best = {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
-    for name, (wall, cpu) in best.items():
-        print(f"{name:20s} wall {wall * 1e3:.3f} ms/chunk ({1 / wall:5.0f} chunks/s), CPU here {cpu * 1e3:.3f} ms/chunk")
-    (direct_wall, direct_cpu), (hop_wall, hop_cpu) = best["engine socket"], best["through the Runner"]
-    print(f"the hop: {(hop_cpu - direct_cpu) * 1e3:.3f} ms CPU per chunk, {(hop_wall - direct_wall) * 1e3:.3f} ms wall")
-    for ch in channels.values():
-        await ch.close()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = runner_pb2_grpc.RunnerStub(channel)
+    runs = [await per_chunk(stub, entry.engine.pid, tokens, streams) for _ in range(repeats)]
+    wall, here, engine = (min(r[i] for r in runs) for i in range(3))
+    print(f"{streams} streams x {tokens} tokens, best of {repeats}: wall {wall * 1e3:.3f} ms/chunk, CPU per chunk:"
+          f" Runner + client {here * 1e3:.3f} ms, engine {engine * 1e3:.3f} ms")
+    await channel.close()
     await server.stop(0)
     await manager.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=2000)
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(main(args.tokens, args.repeats))
+    asyncio.run(main(args.tokens, args.streams, args.repeats))

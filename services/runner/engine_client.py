@@ -1,7 +1,8 @@
 """The Runner's side of engine processes (engine_process.py): start, forward to, watch, stop.
 
 Each loaded model's engine runs in a child process on a Unix socket in a private directory (0700).
-Per-model calls are forwarded as raw bytes (engine_router.py), so the hop costs no (de)serialization.
+Per-model calls are forwarded as raw bytes (engine_router.py), so the hop costs no (de)serialization,
+over one connection to the engine (engine_pipe.py), which carries a decode step's chunks in one write.
 A poll every POLL_SECONDS brings the engine's load (ListRunning, the gauges) and the metrics its
 decode loop recorded; an engine whose decode step runs past `decode_timeout`, or that stops
 answering for as long, is taken as hung and killed. When an engine exits by itself its calls end
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 import grpc
 
 from modelrunner.common.errors import ServiceError
-from modelrunner.common.server import GRPC_OPTIONS
 from modelrunner.runner.backends.base import ModelFacts
 from modelrunner.runner.engine import EngineSpec, load_error
-from modelrunner.runner.engine_process import ARRIVING_KEY, EXIT_DECODE_LOOP, STATS_METHOD, spec_to_json
+from modelrunner.runner.engine_pipe import CallFailed, EngineConnection
+from modelrunner.runner.engine_process import EXIT_DECODE_LOOP, STATS_METHOD, spec_to_json
 from modelrunner.runner.metrics import RunnerMetrics, replay
 from modelrunner.runner.scheduler import Arrivals
 
@@ -96,13 +97,16 @@ class EngineProcess:
         self._dir = tempfile.mkdtemp(prefix="mr-engine-")  # 0700: only this user may connect
         self.socket = f"{self._dir}/sock"  # short: a Unix socket's path has at most 107 bytes
         self._proc: asyncio.subprocess.Process | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._calls: dict[str, Callable] = {}
+        self._connection: EngineConnection | None = None
         self._exited = asyncio.Event()
         self._stopping = False
         self._killed_for = ""
         self._answered = time.monotonic()
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     # lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,8 +133,11 @@ class EngineProcess:
             raise
         facts = message["facts"]
         self.model = RemoteModel(ModelFacts(**{**facts, "stop_tokens": frozenset(facts["stop_tokens"])}))
-        self._channel = grpc.aio.insecure_channel(f"unix:{self.socket}", options=GRPC_OPTIONS)
-        self._stats = self._channel.unary_unary(STATS_METHOD)
+        try:
+            self._connection = await EngineConnection.open(self.socket)
+        except BaseException:
+            await self._reap()
+            raise
         self._answered = time.monotonic()
         self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._poll())]
 
@@ -155,8 +162,8 @@ class EngineProcess:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        if self._channel is not None:
-            await self._channel.close()
+        if self._connection is not None:
+            self._connection.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         self._exited.set()
 
@@ -204,7 +211,7 @@ class EngineProcess:
         if self._exited.is_set():
             return
         try:
-            stats = json.loads(await self._stats(b"", timeout=self._stats_seconds()))
+            stats = json.loads(await asyncio.wait_for(self._unary(STATS_METHOD, b""), self._stats_seconds()))
         except Exception:  # no answer, or one that is not the engine's: silence, which _poll judges
             return
         self._answered = time.monotonic()
@@ -226,50 +233,31 @@ class EngineProcess:
             self._proc.kill()
 
     # calls ----------------------------------------------------------------------------------------
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((ARRIVING_KEY, str(self._arrivals.count)),)
-
-    async def stream(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def stream(self, method: str, request: bytes) -> AsyncIterator[bytes]:
         """Forwards one server-streaming call; the caller going away cancels the engine's call."""
-        call = self._call(method, streaming=True)(request, timeout=context.time_remaining(), metadata=self._metadata())
+        calls = self._calls()
         try:
-            while (chunk := await call.read()) is not grpc.aio.EOF:  # cheaper than `async for` per chunk
+            async for chunk in calls.call(method, request, self._arrivals.count):
                 yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise await self._failure(exc.code(), exc.details()) from None
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
-        finally:
-            call.cancel()
+        except CallFailed as exc:
+            raise await self._failure(exc.code, exc.details) from None
 
-    async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        call = self._call(method, streaming=False)(request, timeout=context.time_remaining(), metadata=self._metadata())
+    async def unary(self, method: str, request: bytes) -> bytes:
         try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            raise await self._failure(exc.code(), exc.details()) from None
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
-        finally:
-            call.cancel()
+            return await self._unary(method, request)
+        except CallFailed as exc:
+            raise await self._failure(exc.code, exc.details) from None
 
-    def _call(self, method: str, *, streaming: bool) -> Callable:
-        if self._channel is None or self._exited.is_set():
+    async def _unary(self, method: str, request: bytes) -> bytes:
+        responses = [r async for r in self._calls().call(method, request, self._arrivals.count)]
+        if len(responses) != 1:
+            raise CallFailed(grpc.StatusCode.INTERNAL, f"the engine answered {method} with {len(responses)} messages")
+        return responses[0]
+
+    def _calls(self) -> EngineConnection:
+        if self._connection is None or self._exited.is_set():
             raise self._gone()
-        call = self._calls.get(method)
-        if call is None:
-            call = self._channel.unary_stream(method) if streaming else self._channel.unary_unary(method)
-            self._calls[method] = call
-        return call
-
-    async def _cancelled(self) -> BaseException:
-        """What to raise when a call to the engine was cancelled: the cancellation itself when the
-        caller went away, else (the channel was closed under it: the engine is being reaped) how the
-        engine ended. A handler that lets that CancelledError out sends its caller no status at all,
-        so the caller would wait for its deadline."""
-        if asyncio.current_task().cancelling():
-            return asyncio.CancelledError()
-        return await self._failure(grpc.StatusCode.CANCELLED, "")
+        return self._connection
 
     async def _failure(self, code: grpc.StatusCode, details: str) -> ServiceError:
         """The engine's own status, or UNAVAILABLE saying how the engine ended when it did."""

@@ -2,11 +2,12 @@
 
 The Runner (engine_client.py) starts one per loaded model, so that a native abort (GGML_ASSERT,
 std::terminate), an OOM kill or a hung decode costs that model's streams only. The process reads its
-spec as one JSON line on stdin, loads the model, serves the Runner service's per-model RPCs for it
+spec as one JSON line on stdin, loads the model, serves the Runner service's per-model calls for it
 (the same RunnerService code, over a one-model manager) on a Unix socket in the private directory
 the Runner made for it, and answers one JSON line on its original stdout: the model's facts, or the
 load error. It also serves `Stats` (load, how long the current decode step has run, the metrics its
-decode loop recorded since the last call), which the Runner polls.
+decode loop recorded since the last call), which the Runner polls. The calls cross as engine_pipe.py
+frames, not gRPC.
 
 It ends when the Runner says so (SIGTERM), when the Runner dies (PR_SET_PDEATHSIG, and EOF on stdin),
 and when its decode loop ends by itself (exit code EXIT_DECODE_LOOP): an engine that cannot decode
@@ -29,28 +30,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
 
-import grpc
-
 from modelrunner.common import lifeline
 from modelrunner.common.errors import ServiceError
-from modelrunner.common.interceptors import ServiceErrorInterceptor
 from modelrunner.common.logs import setup_logging
-from modelrunner.common.server import SERVER_OPTIONS
 from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
 from modelrunner.runner.engine import EngineSpec, LocalEngine, start_local_engine
+from modelrunner.runner.engine_pipe import CallContext, Handler, per_model_methods, serve_calls, servicer_handlers
 from modelrunner.runner.manager import Loaded
 from modelrunner.runner.metrics import RecordedMetrics
 from modelrunner.runner.resolver import ResolvedModel
 from modelrunner.runner.scheduler import Arrivals
 from modelrunner.runner.service import RunnerService
-from modelrunner.v1 import runner_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-STATS_METHOD = "/modelrunner.engine.Engine/Stats"
-# The Runner's count of requests still resolving a model name when it forwarded this one (see Arrivals).
-ARRIVING_KEY = "x-modelrunner-arriving"
+STATS_METHOD = "Stats"  # beside the Runner service's per-model methods
 EXIT_DECODE_LOOP = 70
 
 
@@ -86,17 +81,6 @@ class ForwardedArrivals(Arrivals):
         self.count = count
         if not count:
             self._wake()
-
-
-class ArrivalsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, arrivals: ForwardedArrivals) -> None:
-        self.arrivals = arrivals
-
-    async def intercept_service(self, continuation, handler_call_details):
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == ARRIVING_KEY:
-                self.arrivals.report(int(value))
-        return await continuation(handler_call_details)
 
 
 # The Runner's decode timeout is for a step of up to this many tokens; a bigger step is given as many
@@ -141,10 +125,10 @@ class OneModel:
         yield self.entry
 
 
-def _stats_handler(engine: LocalEngine, clock: DecodeClock, recorded: RecordedMetrics) -> grpc.GenericRpcHandler:
-    async def stats(_request: bytes, _context) -> bytes:
+def _stats_handler(engine: LocalEngine, clock: DecodeClock, recorded: RecordedMetrics) -> Handler:
+    async def stats(_request: bytes, _context: CallContext) -> AsyncIterator[bytes]:
         scheduler = engine.scheduler
-        return json.dumps({
+        yield json.dumps({
             "busy": scheduler.busy_slots,
             "queued": scheduler.queued,
             "kv": scheduler.kv_cache_usage,
@@ -152,8 +136,7 @@ def _stats_handler(engine: LocalEngine, clock: DecodeClock, recorded: RecordedMe
             "metrics": recorded.drain(),
         }).encode()
 
-    service, _, method = STATS_METHOD[1:].partition("/")
-    return grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(stats)})
+    return stats
 
 
 def _facts(engine: LocalEngine) -> dict:
@@ -225,17 +208,13 @@ async def serve(data: dict, ready: TextIO) -> None:
         resolved=spec.resolved, engine=engine, memory=engine.model.memory, keep_alive=None, keep_alive_text="",
         last_used=time.time(),
     )
-    server = grpc.aio.server(
-        interceptors=[ArrivalsInterceptor(arrivals), ServiceErrorInterceptor()], options=SERVER_OPTIONS
-    )
-    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerService(OneModel(entry, backend)), server)
-    server.add_generic_rpc_handlers((_stats_handler(engine, clock, recorded),))
-    if not server.add_insecure_port(f"unix:{socket}"):
-        raise OSError(f"cannot listen on {socket}")
-    await server.start()
+    handlers = servicer_handlers(RunnerService(OneModel(entry, backend)), per_model_methods())
+    handlers[STATS_METHOD] = _stats_handler(engine, clock, recorded)
+    server = await serve_calls(socket, handlers, arrivals.report)
     threading.Thread(target=_watch_decode_loop, args=(engine, socket), name="decode-watch", daemon=True).start()
     _answer(ready, {"facts": _facts(engine)})
-    await server.wait_for_termination()
+    async with server:
+        await server.serve_forever()
 
 
 def main() -> None:

@@ -16,12 +16,11 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 from modelrunner.common.errors import invalid
+from modelrunner.runner.engine_pipe import SERVICE, per_model_methods
 from modelrunner.runner.manager import ModelManager
 from modelrunner.runner.service import RunnerService
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
-SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"]
-LIFECYCLE = frozenset({"LoadModel", "UnloadModels", "ListRunning", "Configure", "ListConfigurations", "Status"})
 
 
 class SupervisedRunnerService(RunnerService):
@@ -45,12 +44,6 @@ class _Handlers:
         self.handlers = dict(handlers)
 
 
-def per_model_methods() -> list[MethodDescriptor]:
-    return [
-        m for m in SERVICE.methods if m.name not in LIFECYCLE and "model" in m.input_type.fields_by_name
-    ]
-
-
 def add_runner_to_server(manager: ModelManager, server: grpc.aio.Server) -> None:
     caught = _Handlers()
     runner_pb2_grpc.add_RunnerServicer_to_server(SupervisedRunnerService(manager), caught)
@@ -62,7 +55,7 @@ def add_runner_to_server(manager: ModelManager, server: grpc.aio.Server) -> None
 
 
 def _forwarder(manager: ModelManager, method: MethodDescriptor) -> grpc.RpcMethodHandler:
-    path = f"/{SERVICE.full_name}/{method.name}"
+    name = method.name
     parse = message_factory.GetMessageClass(method.input_type).FromString
 
     def target(request: bytes) -> tuple[str, str]:
@@ -75,7 +68,7 @@ def _forwarder(manager: ModelManager, method: MethodDescriptor) -> grpc.RpcMetho
         async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             model, keep_alive = target(request)
             async with manager.acquire(model, keep_alive) as entry:
-                async for chunk in entry.engine.stream(path, request, context):
+                async for chunk in entry.engine.stream(name, request):
                     yield chunk
 
         return grpc.unary_stream_rpc_method_handler(stream)
@@ -83,6 +76,6 @@ def _forwarder(manager: ModelManager, method: MethodDescriptor) -> grpc.RpcMetho
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         model, keep_alive = target(request)
         async with manager.acquire(model, keep_alive) as entry:
-            return await entry.engine.unary(path, request, context)
+            return await entry.engine.unary(name, request)
 
     return grpc.unary_unary_rpc_method_handler(unary)

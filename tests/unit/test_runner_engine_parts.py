@@ -10,7 +10,7 @@ import time
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.engine import EngineSpec
 from modelrunner.runner.engine_process import DecodeClock, spec_from_json, spec_to_json
-from modelrunner.runner.engine_router import LIFECYCLE, per_model_methods
+from modelrunner.runner.engine_pipe import LIFECYCLE, per_model_methods
 from modelrunner.runner.metrics import RecordedMetrics, replay
 from modelrunner.runner.resolver import ResolvedModel
 

@@ -1,0 +1,145 @@
+"""The Runner <-> engine call protocol (engine_pipe.py) over a real Unix socket, with handlers that
+stand in for the servicer: ordering, errors, cancellation both ways, a lost connection."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelrunner.common.errors import ServiceError
+from modelrunner.runner.engine_pipe import (
+    DATA, END, CallContext, CallFailed, EngineConnection, _frame, _Framed, serve_calls,
+)
+
+
+class Recorder(_Framed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[int, int, bytes]] = []
+
+    def frame_received(self, call: int, kind: int, payload: bytes) -> None:
+        self.frames.append((call, kind, payload))
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.sampled_from([DATA, END]), st.binary(max_size=300)),
+                max_size=20), st.lists(st.integers(1, 50), max_size=40))
+def test_frames_survive_any_split_of_the_byte_stream(frames, cuts):
+    data = b"".join(_frame(*f) for f in frames)
+    recorder = Recorder()
+    offset = 0
+    for cut in cuts:
+        recorder.data_received(data[offset:offset + cut])
+        offset += cut
+    recorder.data_received(data[offset:])
+    assert recorder.frames == frames
+
+
+class Engine:
+    """Handlers and what they saw."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[int] = []
+        self.cancelled = asyncio.Event()
+        self.done_callbacks = 0
+        self.started = asyncio.Event()
+
+    async def count(self, request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        for i in range(int(request)):
+            yield str(i).encode()
+
+    async def fail(self, request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "temperature: must be >= 0")
+
+    async def crash(self, request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        raise RuntimeError("boom")
+        yield b""
+
+    async def forever(self, request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        context.add_done_callback(lambda _c: setattr(self, "done_callbacks", self.done_callbacks + 1))
+        yield b"first"
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        yield b"never"
+
+    def handlers(self):
+        return {"Count": self.count, "Fail": self.fail, "Crash": self.crash, "Forever": self.forever}
+
+
+async def _pair(engine: Engine):
+    path = tempfile.mktemp(prefix="mr-pipe-", dir="/tmp")
+    server = await serve_calls(path, engine.handlers(), engine.arrivals.append)
+    return server, await EngineConnection.open(path)
+
+
+async def _collect(connection: EngineConnection, method: str, request: bytes = b"") -> list[bytes]:
+    return [item async for item in connection.call(method, request, 3)]
+
+
+async def test_concurrent_calls_each_get_their_own_responses_in_order_then_the_end():
+    engine = Engine()
+    server, connection = await _pair(engine)
+    results = await asyncio.gather(*(_collect(connection, "Count", str(n).encode()) for n in (0, 5, 50)))
+    assert results == [[], [str(i).encode() for i in range(5)], [str(i).encode() for i in range(50)]]
+    assert engine.arrivals == [3, 3, 3]
+    connection.close()
+    server.close()
+
+
+async def test_an_engine_error_arrives_after_what_was_sent_with_its_code_and_message():
+    engine = Engine()
+    server, connection = await _pair(engine)
+    got = []
+    with pytest.raises(CallFailed) as failed:
+        async for item in connection.call("Fail", b"", 0):
+            got.append(item)
+    assert got == [b"partial"]
+    assert failed.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failed.value.details == "temperature: must be >= 0"
+    with pytest.raises(CallFailed) as crashed:
+        await _collect(connection, "Crash")
+    assert crashed.value.code is grpc.StatusCode.UNKNOWN and "boom" in crashed.value.details
+    with pytest.raises(CallFailed) as unknown:
+        await _collect(connection, "Nope")
+    assert unknown.value.code is grpc.StatusCode.UNIMPLEMENTED
+    assert await _collect(connection, "Count", b"2") == [b"0", b"1"]  # the connection still serves
+    connection.close()
+    server.close()
+
+
+async def test_leaving_a_call_early_cancels_it_in_the_engine():
+    engine = Engine()
+    server, connection = await _pair(engine)
+    calls = connection.call("Forever", b"", 0)
+    assert await anext(calls) == b"first"
+    await engine.started.wait()
+    await calls.aclose()
+    await asyncio.wait_for(engine.cancelled.wait(), 10)
+    await asyncio.sleep(0)
+    assert engine.done_callbacks == 1
+    connection.close()
+    server.close()
+
+
+async def test_a_lost_connection_ends_every_open_call_as_unavailable_and_refuses_new_ones():
+    engine = Engine()
+    server, connection = await _pair(engine)
+    calls = connection.call("Forever", b"", 0)
+    assert await anext(calls) == b"first"
+    server.close()
+    connection.transport.abort()  # what the engine's death looks like from here
+    with pytest.raises(CallFailed) as lost:
+        await anext(calls)
+    assert lost.value.code is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(CallFailed):
+        await _collect(connection, "Count", b"1")
