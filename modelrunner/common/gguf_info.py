@@ -35,6 +35,7 @@ class GGUFInfo:
     tensor_bytes: int
     chat_template: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    data_end: int = 0  # the size the file must have to hold every tensor the header declares
 
     @property
     def parameters_text(self) -> str:
@@ -108,8 +109,9 @@ class _Cursor:
         return self.take(_SCALARS[vtype])
 
 
-def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, int]]]:
-    """(key -> value, arrays as None), [(n_elements, n_bytes) per tensor]; ValueError if not GGUF."""
+def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, int]], int]:
+    """(key -> value, arrays as None), [(n_elements, n_bytes) per tensor], the size the file must have
+    to hold the tensors' data; ValueError if not GGUF."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)
         c = _Cursor(view)
@@ -125,6 +127,7 @@ def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, in
                 key = c.key()
                 fields[key] = c.value(c.take("I"))
             tensors = []
+            data_end = 0
             for _ in range(n_tensors):
                 c.key()  # the tensor's name
                 n_dims = c.take("I")
@@ -132,13 +135,17 @@ def read_header(path: str | Path) -> tuple[dict[str, object], list[tuple[int, in
                     raise ValueError(f"a tensor with {n_dims} dimensions (GGML has at most {_MAX_DIMS})")
                 dims = [c.take("Q") for _ in range(n_dims)]
                 ggml_type = c.take("I")
-                c.take("Q")  # offset
+                offset = c.take("Q")  # from the start of the data section
                 n = 1
                 for d in dims:
                     n *= d
                 block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
                 tensors.append((n, n * type_size // block))
-            return fields, tensors
+                data_end = max(data_end, offset + tensors[-1][1])
+            alignment = fields.get("general.alignment")
+            alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+            data_start = -(-c.pos // alignment) * alignment
+            return fields, tensors, data_start + data_end
         except (struct.error, KeyError, IndexError) as exc:
             raise ValueError(f"truncated or malformed GGUF header: {exc}") from exc
         finally:
@@ -157,7 +164,7 @@ def _quantization(file_type: int | None) -> str:
 def read_gguf_info(path: str | Path) -> GGUFInfo:
     """Reads a GGUF header; raises ValueError when the file is not GGUF."""
     try:
-        fields, tensors = read_header(path)
+        fields, tensors, data_end = read_header(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{Path(path).name} is not a valid GGUF file: {exc}") from exc
     arch = str(fields.get("general.architecture") or "")
@@ -188,6 +195,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         value_length=arch_int("attention.value_length", head_dim),
         sliding_window=arch_int("attention.sliding_window"),
         tensor_bytes=sum(b for _, b in tensors),
+        data_end=data_end,
         chat_template=str(template) if template else None,
         metadata=metadata,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelrunner.common import media_types
 from modelrunner.common.errors import invalid, not_found
-from modelrunner.common.gguf_info import read_gguf_info
+from modelrunner.common.gguf_info import GGUFInfo, read_gguf_info
 from modelrunner.common.names import is_digest
 from modelrunner.common.oci import Blob, render_manifest
 from modelrunner.store.artifact import TITLE, build_config
@@ -43,6 +43,17 @@ def _magic(path: str) -> bytes:
         return f.read(4)
 
 
+def _check_weights(info: GGUFInfo, title: str, file_size: int) -> None:
+    """A header alone is not a model: llama.cpp would refuse it at every load, long after packaging."""
+    if not info.parameters:
+        raise invalid(f"gguf[0] ({title}) declares no tensors: it holds metadata only, not a model's weights")
+    if info.data_end > file_size:
+        raise invalid(
+            f"gguf[0] ({title}) is truncated: its tensors need {info.data_end} bytes but the file has {file_size};"
+            " download it again"
+        )
+
+
 async def package(store: ModelStore, request: store_pb2.PackageModelRequest) -> str:
     """Packages the request's blobs as the model `request.name`; returns the model id."""
     tag = store.tag_name(request.name)
@@ -64,6 +75,7 @@ async def package(store: ModelStore, request: store_pb2.PackageModelRequest) -> 
         info = await asyncio.to_thread(read_gguf_info, Path(first))
     except ValueError as exc:
         raise invalid(f"gguf[0]: {exc}") from None
+    _check_weights(info, gguf_layers[0].annotations[TITLE], gguf_layers[0].size)
     config_bytes = build_config(info, gguf_layers, request.context_size, datetime.now(UTC))
     config = Blob(media_types.MODEL_CONFIG, await store.blobs.put_bytes(config_bytes), len(config_bytes))
     return await store.put_manifest(render_manifest(config, [*gguf_layers, *extras]), [tag])

@@ -364,6 +364,11 @@ async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path,
     long_key = tmp_path / "key.gguf"
     long_key.write_bytes(struct.pack("<IIQQQ", 0x46554747, 3, 0, 1, 2**20) + b"k" * 4096)
     key = await uploaded(stub, long_key)
+    # A header without weights, and a model whose last bytes never arrived.
+    empty = await uploaded(stub, _hostile_header(tmp_path, "empty.gguf", 0, struct.pack("<II", 4, 7)))
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[:-100])
+    truncated = await uploaded(stub, cut)
     absent = store_pb2.PackageFile(digest="sha256:" + "0" * 64, name="x.gguf")
     request = store_pb2.PackageModelRequest
     cases = [
@@ -379,6 +384,8 @@ async def test_package_rejects_bad_inputs_with_what_to_fix(stub, tmp_path: Path,
         (request(gguf=[dims], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "dimensions"),
         (request(gguf=[strings], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "strings (at most"),
         (request(gguf=[key], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "a key longer than"),
+        (request(gguf=[empty], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "declares no tensors"),
+        (request(gguf=[truncated], name="ai/x"), grpc.StatusCode.INVALID_ARGUMENT, "is truncated"),
         (request(gguf=[gguf], name="../x"), grpc.StatusCode.INVALID_ARGUMENT, ""),
         (request(gguf=[gguf], name="ai/x", context_size=-1), grpc.StatusCode.INVALID_ARGUMENT, "context_size"),
     ]
