@@ -1,7 +1,7 @@
 """Where a serving cell's time goes (issue 15): while N streams of the grid's repeated prompts run
 against a warm stack (bench/serve_bench.py's client), counts the CPU time of every thread of the
 gateway, the Runner and its engine process (from /proc, per 1000 tokens served), and with --py-spy
-samples the engine and the Runner and prints each one's busiest frames.
+samples the engine, the Runner and the gateway and prints each one's busiest frames.
 
 py-spy is not a project dependency: `pip install py-spy` anywhere and name it with --py-spy.
 
@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             peers.modelrunner_stack(peers.gemma_path(), 8192, args.slots, logs) as endpoint:
         asyncio.run(http_cell(endpoint, prompts, n, max(n, 8), 128))  # loads the model, warms the cache
         engine = str(peers.children(endpoint.pid)[0])
-        targets = {"engine": engine, "runner": str(endpoint.pid)}
-        counted = {**targets, "gateway": gateway_pid(endpoint.pid), "client": str(os.getpid())}
+        targets = {"engine": engine, "runner": str(endpoint.pid), "gateway": gateway_pid(endpoint.pid)}
+        counted = {**targets, "client": str(os.getpid())}
         spies = [subprocess.Popen([args.py_spy, "record", "-d", str(args.seconds), "-r", "50", "-f", "raw", "--nonblocking",
                                    "-o", f"{work}/{name}.txt", "-p", pid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in targets.items()] if args.py_spy else []
