@@ -39,10 +39,9 @@ POLL_SECONDS = 0.5
 STOP_SECONDS = 10.0  # SIGTERM, then SIGKILL
 EXIT_WAIT_SECONDS = 1.0  # a call that broke off waits this long to tell an engine's exit from a hiccup
 _ANSWER_LIMIT = 16 * 1024 * 1024  # the ready line carries the chat template
-# Codes a call gets when the engine behind it went away (a crash, a kill) rather than refused it.
-_BROKEN = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
-})
+# Codes a call gets when the engine behind it went away (UNAVAILABLE: the connection was lost) or may
+# be about to (UNKNOWN: an unexpected error in the engine), rather than refused it.
+_BROKEN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN})
 
 
 @dataclass
@@ -193,10 +192,6 @@ class EngineProcess:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 await asyncio.wait_for(self.refresh(), self._stats_seconds() + 1.0)
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
-                    raise  # the engine is being reaped
-                log.warning("engine poll cancelled from inside gRPC", extra={"fields": {"model": self.name}})
             except Exception:  # one bad answer must not end the watch over this engine
                 log.exception("engine poll failed", extra={"fields": {"model": self.name}})
             self._kill_if_silent()  # whatever the poll ran into: silence alone is the sign of a hung engine
