@@ -72,8 +72,11 @@ class Engine:
             raise
         yield b"never"
 
+    async def echo(self, request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        yield request[::-1]
+
     def handlers(self):
-        return {"Count": self.count, "Fail": self.fail, "Crash": self.crash, "Forever": self.forever}
+        return {"Count": self.count, "Fail": self.fail, "Crash": self.crash, "Forever": self.forever, "Echo": self.echo}
 
 
 async def _pair(engine: Engine):
@@ -92,6 +95,16 @@ async def test_concurrent_calls_each_get_their_own_responses_in_order_then_the_e
     results = await asyncio.gather(*(_collect(connection, "Count", str(n).encode()) for n in (0, 5, 50)))
     assert results == [[], [str(i).encode() for i in range(5)], [str(i).encode() for i in range(50)]]
     assert engine.arrivals == [3, 3, 3]
+    connection.close()
+    server.close()
+
+
+async def test_a_request_and_an_answer_of_many_mib_cross_whole_beside_small_calls():
+    engine = Engine()
+    server, connection = await _pair(engine)
+    big = bytes(range(256)) * (80 * 1024)  # 20 MiB
+    echoed, counted = await asyncio.gather(_collect(connection, "Echo", big), _collect(connection, "Count", b"3"))
+    assert echoed == [big[::-1]] and counted == [b"0", b"1", b"2"]
     connection.close()
     server.close()
 
