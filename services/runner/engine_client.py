@@ -133,9 +133,11 @@ class EngineProcess:
         facts = message["facts"]
         self.model = RemoteModel(ModelFacts(**{**facts, "stop_tokens": frozenset(facts["stop_tokens"])}))
         try:
-            self._connection = await EngineConnection.open(self.socket)
-        except BaseException:
+            self._connection = await EngineConnection.open(self.socket, self._connection_lost)
+        except BaseException as exc:
             await self._reap()
+            if isinstance(exc, OSError):
+                raise load_error(self.name, f"its engine {self.how_it_ended()} before the Runner could connect") from exc
             raise
         self._answered = time.monotonic()
         self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._poll())]
@@ -216,6 +218,17 @@ class EngineProcess:
         if timeout and stats["decoding_for"] > timeout:
             self._kill(f"a decode step ran for over {timeout:g} s")
 
+    def _connection_lost(self) -> None:
+        """An engine the Runner cannot reach any more serves nobody: end it, so that the next request
+        loads the model again. An engine that died closes its end first: give its exit the time to be
+        seen, so that how it ended is what its callers are told."""
+        if not self._stopping and not self._exited.is_set():
+            asyncio.get_running_loop().call_later(EXIT_WAIT_SECONDS, self._kill_if_running, "its connection was lost")
+
+    def _kill_if_running(self, reason: str) -> None:
+        if not self._stopping and not self._exited.is_set():
+            self._kill(reason)
+
     def _kill_if_silent(self) -> None:
         timeout = self._launcher.decode_timeout
         if timeout and not self._exited.is_set() and time.monotonic() - self._answered > timeout:
@@ -224,7 +237,7 @@ class EngineProcess:
     def _kill(self, reason: str) -> None:
         if self._proc.returncode is None and not self._killed_for:
             self._killed_for = reason
-            log.error("engine hung: killing it", extra={"fields": {"model": self.name, "reason": reason}})
+            log.error("killing the engine", extra={"fields": {"model": self.name, "reason": reason}})
             self._proc.kill()
 
     # calls ----------------------------------------------------------------------------------------

@@ -27,15 +27,18 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.names import InvalidReference
+from modelrunner.common.server import MAX_MESSAGE_BYTES
 from modelrunner.v1 import runner_pb2
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("<IBI")  # call id, kind, payload length
+_HEADER = struct.Struct("<QBI")  # call id, kind, payload length
 _OPEN_HEADER = struct.Struct("<HI")  # method name length, arriving count
 _END_HEADER = struct.Struct("<H")  # status code
 OPEN, CANCEL, DATA, END = 1, 2, 3, 4
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# A frame carries one request or response message: gRPC's limit on the hops either side of this one.
+MAX_PAYLOAD = MAX_MESSAGE_BYTES + 1024
 SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"]
 LIFECYCLE = frozenset({"LoadModel", "UnloadModels", "ListRunning", "Configure", "ListConfigurations", "Status"})
 
@@ -67,6 +70,11 @@ class _Framed(asyncio.Protocol):
         offset = 0
         while len(buffer) - offset >= _HEADER.size:
             call, kind, length = _HEADER.unpack_from(buffer, offset)
+            if length > MAX_PAYLOAD:
+                log.error("a frame of %d bytes on the engine connection: closing it", length)
+                buffer.clear()
+                self.transport.close()
+                return
             end = offset + _HEADER.size + length
             if len(buffer) < end:
                 break
@@ -136,6 +144,7 @@ class EngineCalls(_Framed):
         self._handlers = handlers
         self._report_arrivals = report_arrivals
         self._calls: dict[int, asyncio.Task] = {}
+        self._cancelled: set[int] = set()
 
     def frame_received(self, call: int, kind: int, payload: bytes) -> None:
         if kind == OPEN:
@@ -147,13 +156,16 @@ class EngineCalls(_Framed):
             self._calls[call] = task
             task.add_done_callback(lambda _t: self._calls.pop(call, None))
         elif kind == CANCEL and (task := self._calls.get(call)) is not None:
+            self._cancelled.add(call)
             task.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for task in list(self._calls.values()):
+        for call, task in list(self._calls.items()):
+            self._cancelled.add(call)
             task.cancel()
 
     async def _run(self, call: int, name: str, request: bytes) -> None:
+        """Runs one call; whatever happens but a cancel from the Runner, its END is sent."""
         context = CallContext()
         code, details = grpc.StatusCode.OK, ""
         try:
@@ -163,7 +175,10 @@ class EngineCalls(_Framed):
             async for response in handler(request, context):
                 self.send(_frame(call, DATA, response))
         except asyncio.CancelledError:
-            return  # the Runner cancelled the call: nobody waits for its END
+            if call in self._cancelled:
+                self._cancelled.discard(call)
+                return  # the Runner cancelled the call (or went away): nobody waits for its END
+            code, details = grpc.StatusCode.UNKNOWN, f"{name} was cancelled inside the engine"
         except ServiceError as exc:
             code, details = exc.code, exc.message
         except InvalidReference as exc:
@@ -172,8 +187,11 @@ class EngineCalls(_Framed):
             log.exception("engine call failed", extra={"fields": {"method": name}})
             code, details = grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
         finally:
-            context.done()
-        self.send(_frame(call, END, _END_HEADER.pack(code.value[0]) + details.encode()))
+            try:
+                context.done()
+            except Exception:
+                log.exception("an engine call's done callback failed", extra={"fields": {"method": name}})
+        self.send(_frame(call, END, _END_HEADER.pack(code.value[0]) + details.encode(errors="replace")))
 
 
 async def serve_calls(
@@ -230,18 +248,22 @@ class _Inbox:
 class EngineConnection(_Framed):
     """The Runner's connection to one engine process."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[], None]) -> None:
         super().__init__()
         self._ids = itertools.count(1)
         self._inboxes: dict[int, _Inbox] = {}
         self._lost = False
+        self._on_lost = on_lost
 
     @classmethod
-    async def open(cls, path: str) -> EngineConnection:
-        _transport, connection = await asyncio.get_running_loop().create_unix_connection(cls, path)
+    async def open(cls, path: str, on_lost: Callable[[], None]) -> EngineConnection:
+        """`on_lost` runs when the connection ends by any cause but close()."""
+        loop = asyncio.get_running_loop()
+        _transport, connection = await loop.create_unix_connection(lambda: cls(on_lost), path)
         return connection
 
     def close(self) -> None:
+        self._on_lost = lambda: None
         if self.transport is not None:
             self.transport.close()
 
@@ -259,6 +281,7 @@ class EngineConnection(_Framed):
         self._lost = True
         for inbox in self._inboxes.values():
             inbox.end(grpc.StatusCode.UNAVAILABLE, "the connection to the engine was lost")
+        self._on_lost()
 
     async def call(self, method: str, request: bytes, arriving: int) -> AsyncIterator[bytes]:
         """Runs one call on the engine and yields its response messages; CallFailed when it fails.
@@ -267,9 +290,9 @@ class EngineConnection(_Framed):
             raise CallFailed(grpc.StatusCode.UNAVAILABLE, "the connection to the engine was lost")
         call = next(self._ids)
         inbox = self._inboxes[call] = _Inbox()
-        name = method.encode()
-        self.send(_frame(call, OPEN, _OPEN_HEADER.pack(len(name), arriving) + name + request))
         try:
+            name = method.encode()
+            self.send(_frame(call, OPEN, _OPEN_HEADER.pack(len(name), arriving) + name + request))
             while (item := await inbox.next()) is not None:
                 yield item
         finally:

@@ -8,6 +8,7 @@ tiny model cannot fill in the moment between their first chunk and the freeze.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -264,6 +265,25 @@ async def test_engine_load_and_metrics_reach_the_runner(router):
     kept = {(name, method): values for name, method, _attrs, values in recorded.drain()}
     assert kept[("time_to_first_token", "record")] and kept[("inter_token_latency", "record")]
     assert sum(kept[("output_tokens", "add")]) >= 8  # the cancelled stream's tokens, and 7
+
+
+async def test_a_lost_connection_to_a_live_engine_ends_that_engine_and_the_next_request_reloads(router):
+    """The hop breaks while the engine still runs (the review's case): its stream ends UNAVAILABLE, the
+    engine, which nobody can reach any more, is killed, and the model is served again at once."""
+    stub, manager, _ = router
+    call = stub.Generate(generate("a", 0))
+    assert (await call.read()).model
+    (entry,) = manager.loaded()
+    engine, pid = entry.engine, entry.engine.pid
+    engine._connection.transport.abort()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await asyncio.wait_for(engine._exited.wait(), 60)
+    assert not alive(pid)
+    done = [c async for c in stub.Generate(generate("a", 3))]
+    assert done[-1].usage.completion_tokens == 3 and manager.loaded()[0].engine.pid != pid
 
 
 async def test_unary_calls_and_the_engines_own_errors_cross_unchanged(router):

@@ -4,7 +4,6 @@ stand in for the servicer: ordering, errors, cancellation both ways, a lost conn
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from modelrunner.common.errors import ServiceError
 from modelrunner.runner.engine_pipe import (
-    DATA, END, CallContext, CallFailed, EngineConnection, _frame, _Framed, serve_calls,
+    DATA, END, MAX_PAYLOAD, CallContext, CallFailed, EngineConnection, _frame, _Framed, _HEADER, serve_calls,
 )
 
 
@@ -79,19 +78,26 @@ class Engine:
         return {"Count": self.count, "Fail": self.fail, "Crash": self.crash, "Forever": self.forever, "Echo": self.echo}
 
 
-async def _pair(engine: Engine):
-    path = tempfile.mktemp(prefix="mr-pipe-", dir="/tmp")
-    server = await serve_calls(path, engine.handlers(), engine.arrivals.append)
-    return server, await EngineConnection.open(path)
+@pytest.fixture
+def pair(tmp_path):
+    """(server, connection, lost): an engine side serving `Engine`'s handlers and the Runner's side of
+    it; `lost` counts the connection's on_lost calls."""
+    lost: list[None] = []
+
+    async def make(engine: Engine):
+        server = await serve_calls(str(tmp_path / "sock"), engine.handlers(), engine.arrivals.append)
+        return server, await EngineConnection.open(str(tmp_path / "sock"), lambda: lost.append(None)), lost
+
+    return make
 
 
 async def _collect(connection: EngineConnection, method: str, request: bytes = b"") -> list[bytes]:
     return [item async for item in connection.call(method, request, 3)]
 
 
-async def test_concurrent_calls_each_get_their_own_responses_in_order_then_the_end():
+async def test_concurrent_calls_each_get_their_own_responses_in_order_then_the_end(pair):
     engine = Engine()
-    server, connection = await _pair(engine)
+    server, connection, lost = await pair(engine)
     results = await asyncio.gather(*(_collect(connection, "Count", str(n).encode()) for n in (0, 5, 50)))
     assert results == [[], [str(i).encode() for i in range(5)], [str(i).encode() for i in range(50)]]
     assert engine.arrivals == [3, 3, 3]
@@ -99,9 +105,9 @@ async def test_concurrent_calls_each_get_their_own_responses_in_order_then_the_e
     server.close()
 
 
-async def test_a_request_and_an_answer_of_many_mib_cross_whole_beside_small_calls():
+async def test_a_request_and_an_answer_of_many_mib_cross_whole_beside_small_calls(pair):
     engine = Engine()
-    server, connection = await _pair(engine)
+    server, connection, lost = await pair(engine)
     big = bytes(range(256)) * (80 * 1024)  # 20 MiB
     echoed, counted = await asyncio.gather(_collect(connection, "Echo", big), _collect(connection, "Count", b"3"))
     assert echoed == [big[::-1]] and counted == [b"0", b"1", b"2"]
@@ -109,9 +115,9 @@ async def test_a_request_and_an_answer_of_many_mib_cross_whole_beside_small_call
     server.close()
 
 
-async def test_an_engine_error_arrives_after_what_was_sent_with_its_code_and_message():
+async def test_an_engine_error_arrives_after_what_was_sent_with_its_code_and_message(pair):
     engine = Engine()
-    server, connection = await _pair(engine)
+    server, connection, lost = await pair(engine)
     got = []
     with pytest.raises(CallFailed) as failed:
         async for item in connection.call("Fail", b"", 0):
@@ -130,9 +136,9 @@ async def test_an_engine_error_arrives_after_what_was_sent_with_its_code_and_mes
     server.close()
 
 
-async def test_leaving_a_call_early_cancels_it_in_the_engine():
+async def test_leaving_a_call_early_cancels_it_in_the_engine(pair):
     engine = Engine()
-    server, connection = await _pair(engine)
+    server, connection, lost = await pair(engine)
     calls = connection.call("Forever", b"", 0)
     assert await anext(calls) == b"first"
     await engine.started.wait()
@@ -144,15 +150,67 @@ async def test_leaving_a_call_early_cancels_it_in_the_engine():
     server.close()
 
 
-async def test_a_lost_connection_ends_every_open_call_as_unavailable_and_refuses_new_ones():
+async def test_a_lost_connection_ends_every_open_call_as_unavailable_and_refuses_new_ones(pair):
     engine = Engine()
-    server, connection = await _pair(engine)
+    server, connection, lost = await pair(engine)
     calls = connection.call("Forever", b"", 0)
     assert await anext(calls) == b"first"
     server.close()
     connection.transport.abort()  # what the engine's death looks like from here
-    with pytest.raises(CallFailed) as lost:
+    with pytest.raises(CallFailed) as failed:
         await anext(calls)
-    assert lost.value.code is grpc.StatusCode.UNAVAILABLE
+    assert failed.value.code is grpc.StatusCode.UNAVAILABLE
     with pytest.raises(CallFailed):
         await _collect(connection, "Count", b"1")
+    assert len(lost) == 1
+
+
+async def test_closing_the_connection_on_purpose_is_not_a_loss(pair):
+    server, connection, lost = await pair(Engine())
+    connection.close()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    server.close()
+    assert lost == []
+
+
+async def test_every_call_gets_an_end_however_its_handler_fails(pair):
+    """A handler's own cancellation, a failing done callback, details that are not valid UTF-8."""
+    engine = Engine()
+
+    async def cancels_itself(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        raise asyncio.CancelledError
+        yield b""
+
+    async def bad_callback(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        context.add_done_callback(lambda _c: 1 / 0)
+        yield b"ok"
+
+    async def surrogate(request: bytes, context: CallContext) -> AsyncIterator[bytes]:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "stop: \ud800 is not text")
+        yield b""
+
+    handlers = {**engine.handlers(), "CancelsItself": cancels_itself, "BadCallback": bad_callback,
+                "Surrogate": surrogate}
+    engine.handlers = lambda: handlers
+    server, connection, _ = await pair(engine)
+    with pytest.raises(CallFailed) as cancelled:
+        await _collect(connection, "CancelsItself")
+    assert cancelled.value.code is grpc.StatusCode.UNKNOWN
+    assert await _collect(connection, "BadCallback") == [b"ok"]
+    with pytest.raises(CallFailed) as odd:
+        await _collect(connection, "Surrogate")
+    assert odd.value.code is grpc.StatusCode.INVALID_ARGUMENT and odd.value.details.startswith("stop: ")
+    connection.close()
+    server.close()
+
+
+async def test_an_oversized_frame_ends_the_connection_as_lost(pair):
+    server, connection, lost = await pair(Engine())
+    calls = connection.call("Forever", b"", 0)
+    assert await anext(calls) == b"first"
+    connection.data_received(_HEADER.pack(1, DATA, MAX_PAYLOAD + 1))
+    with pytest.raises(CallFailed) as failed:
+        await anext(calls)
+    assert failed.value.code is grpc.StatusCode.UNAVAILABLE and len(lost) == 1
+    server.close()
