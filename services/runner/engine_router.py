@@ -22,7 +22,6 @@ from modelrunner.runner.service import RunnerService
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 
-
 class SupervisedRunnerService(RunnerService):
     """RunnerService's lifecycle RPCs, with each engine's load asked for before it is listed."""
 

@@ -26,7 +26,7 @@ class Recorder(_Framed):
         self.frames.append((call, kind, payload))
 
 
-@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.sampled_from([DATA, END]), st.binary(max_size=300)),
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.sampled_from([DATA, END]), st.binary(max_size=300)),
                 max_size=20), st.lists(st.integers(1, 50), max_size=40))
 def test_frames_survive_any_split_of_the_byte_stream(frames, cuts):
     data = b"".join(_frame(*f) for f in frames)
@@ -79,16 +79,29 @@ class Engine:
 
 
 @pytest.fixture
-def pair(tmp_path):
-    """(server, connection, lost): an engine side serving `Engine`'s handlers and the Runner's side of
-    it; `lost` counts the connection's on_lost calls."""
+async def pair(tmp_path):
+    """Makes (server, connection, lost): an engine side serving `Engine`'s handlers and the Runner's side
+    of it, both closed after the test; `lost` counts the connection's on_lost calls."""
     lost: list[None] = []
+    made = []
 
     async def make(engine: Engine):
         server = await serve_calls(str(tmp_path / "sock"), engine.handlers(), engine.arrivals.append)
-        return server, await EngineConnection.open(str(tmp_path / "sock"), lambda: lost.append(None)), lost
+        connection = await EngineConnection.open(str(tmp_path / "sock"), lambda: lost.append(None))
+        made.append((server, connection))
+        return server, connection, lost
 
-    return make
+    yield make
+    for server, connection in made:
+        connection.close()
+        server.close()
+
+
+async def _forever_started(connection: EngineConnection) -> AsyncIterator[bytes]:
+    """A call to the never-ending handler, past its first response."""
+    calls = connection.call("Forever", b"", 0)
+    assert await anext(calls) == b"first"
+    return calls
 
 
 async def _collect(connection: EngineConnection, method: str, request: bytes = b"") -> list[bytes]:
@@ -101,8 +114,6 @@ async def test_concurrent_calls_each_get_their_own_responses_in_order_then_the_e
     results = await asyncio.gather(*(_collect(connection, "Count", str(n).encode()) for n in (0, 5, 50)))
     assert results == [[], [str(i).encode() for i in range(5)], [str(i).encode() for i in range(50)]]
     assert engine.arrivals == [3, 3, 3]
-    connection.close()
-    server.close()
 
 
 async def test_a_request_and_an_answer_of_many_mib_cross_whole_beside_small_calls(pair):
@@ -111,8 +122,6 @@ async def test_a_request_and_an_answer_of_many_mib_cross_whole_beside_small_call
     big = bytes(range(256)) * (80 * 1024)  # 20 MiB
     echoed, counted = await asyncio.gather(_collect(connection, "Echo", big), _collect(connection, "Count", b"3"))
     assert echoed == [big[::-1]] and counted == [b"0", b"1", b"2"]
-    connection.close()
-    server.close()
 
 
 async def test_an_engine_error_arrives_after_what_was_sent_with_its_code_and_message(pair):
@@ -132,29 +141,23 @@ async def test_an_engine_error_arrives_after_what_was_sent_with_its_code_and_mes
         await _collect(connection, "Nope")
     assert unknown.value.code is grpc.StatusCode.UNIMPLEMENTED
     assert await _collect(connection, "Count", b"2") == [b"0", b"1"]  # the connection still serves
-    connection.close()
-    server.close()
 
 
 async def test_leaving_a_call_early_cancels_it_in_the_engine(pair):
     engine = Engine()
     server, connection, lost = await pair(engine)
-    calls = connection.call("Forever", b"", 0)
-    assert await anext(calls) == b"first"
+    calls = await _forever_started(connection)
     await engine.started.wait()
     await calls.aclose()
     await asyncio.wait_for(engine.cancelled.wait(), 10)
     await asyncio.sleep(0)
     assert engine.done_callbacks == 1
-    connection.close()
-    server.close()
 
 
 async def test_a_lost_connection_ends_every_open_call_as_unavailable_and_refuses_new_ones(pair):
     engine = Engine()
     server, connection, lost = await pair(engine)
-    calls = connection.call("Forever", b"", 0)
-    assert await anext(calls) == b"first"
+    calls = await _forever_started(connection)
     server.close()
     connection.transport.abort()  # what the engine's death looks like from here
     with pytest.raises(CallFailed) as failed:
@@ -170,7 +173,6 @@ async def test_closing_the_connection_on_purpose_is_not_a_loss(pair):
     connection.close()
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    server.close()
     assert lost == []
 
 
@@ -201,16 +203,12 @@ async def test_every_call_gets_an_end_however_its_handler_fails(pair):
     with pytest.raises(CallFailed) as odd:
         await _collect(connection, "Surrogate")
     assert odd.value.code is grpc.StatusCode.INVALID_ARGUMENT and odd.value.details.startswith("stop: ")
-    connection.close()
-    server.close()
 
 
 async def test_an_oversized_frame_ends_the_connection_as_lost(pair):
     server, connection, lost = await pair(Engine())
-    calls = connection.call("Forever", b"", 0)
-    assert await anext(calls) == b"first"
+    calls = await _forever_started(connection)
     connection.data_received(_HEADER.pack(1, DATA, MAX_PAYLOAD + 1))
     with pytest.raises(CallFailed) as failed:
         await anext(calls)
     assert failed.value.code is grpc.StatusCode.UNAVAILABLE and len(lost) == 1
-    server.close()
