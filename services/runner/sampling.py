@@ -146,9 +146,14 @@ def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
     whole = n - n % _BLOCK
     if whole // _BLOCK <= k:
         return np.argpartition(logits, -k)[-k:]
-    maxima = logits[:whole].reshape(-1, _BLOCK).max(axis=1)
+    grid = logits[:whole].reshape(-1, _BLOCK)
+    # Each block's maximum read at its argmax: numpy's argmax along rows is over twice as fast as
+    # max(axis=1) here (bench/topk_bench.py).
+    maxima = grid[np.arange(grid.shape[0]), grid.argmax(axis=1)]
     blocks = np.argpartition(maxima, -k)[-k:]
-    ids = (blocks[:, None] * _BLOCK + np.arange(_BLOCK)).ravel()
-    if whole < n:
-        ids = np.concatenate((ids, np.arange(whole, n)))
+    best = np.argpartition(grid[blocks].ravel(), -k)[-k:]
+    ids = blocks[best // _BLOCK] * _BLOCK + best % _BLOCK
+    if whole == n:
+        return ids
+    ids = np.concatenate((ids, np.arange(whole, n)))
     return ids[np.argpartition(logits[ids], -k)[-k:]]
