@@ -147,8 +147,8 @@ def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
     if whole // _BLOCK <= k:
         return np.argpartition(logits, -k)[-k:]
     grid = logits[:whole].reshape(-1, _BLOCK)
-    # Each block's maximum read at its argmax: numpy's argmax along rows is over twice as fast as
-    # max(axis=1) here (bench/topk_bench.py).
+    # Each block's maximum read at its argmax: numpy's argmax along rows is the faster reduction here
+    # (bench/topk_bench.py: top_k_ids 0.185 -> 0.133 ms for Gemma's row).
     maxima = grid[np.arange(grid.shape[0]), grid.argmax(axis=1)]
     blocks = np.argpartition(maxima, -k)[-k:]
     best = np.argpartition(grid[blocks].ravel(), -k)[-k:]
