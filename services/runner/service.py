@@ -36,7 +36,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     ) -> AsyncIterator[runner_pb2.GenerateChunk]:
         check_generate(request)
         async with self.manager.acquire(request.model, request.keep_alive) as entry:
-            job = build_job(request, entry)
+            # Rendering and tokenizing a prompt of megabytes takes seconds: off the loop that streams
+            # every other request's tokens.
+            job = await asyncio.to_thread(build_job, request, entry)
             job = dataclasses.replace(job, grammar=await grammar_for(request.response_format, entry.model))
             try:
                 stream = entry.scheduler.submit(job)
@@ -76,7 +78,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         check_embed(request)
         async with self.manager.acquire(request.model, request.keep_alive) as entry:
             model = entry.model
-            tokens = [model.tokenize(t, add_special=True, parse_special=False) for t in request.inputs]
+            tokens = await asyncio.to_thread(
+                lambda: [model.tokenize(t, add_special=True, parse_special=False) for t in request.inputs]
+            )
             for i, t in enumerate(tokens):
                 if not t:
                     raise invalid(f"inputs[{i}]: has no tokens")

@@ -7,6 +7,8 @@ BOS handling and tokenizer) and a chat Generate refuses is refused here with the
 
 from __future__ import annotations
 
+import asyncio
+
 from modelrunner.runner.jobs import build_job
 from modelrunner.runner.manager import ModelManager
 from modelrunner.runner.validation import check_generate
@@ -27,4 +29,5 @@ async def tokenize(manager: ModelManager, request: runner_pb2.TokenizeRequest) -
     generate = as_generate(request)
     check_generate(generate)
     async with manager.acquire(request.model, request.keep_alive) as entry:
-        return runner_pb2.TokenizeResponse(count=len(build_job(generate, entry).prompt), model=entry.name)
+        job = await asyncio.to_thread(build_job, generate, entry)  # off the loop, as in Generate
+        return runner_pb2.TokenizeResponse(count=len(job.prompt), model=entry.name)

@@ -4,8 +4,10 @@ and no rejection leaves a counter behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import threading
 
 import grpc
 import pytest
@@ -214,3 +216,32 @@ async def test_settings_the_engine_cannot_take_are_refused_before_they_are_saved
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field), err.value.details()
     assert manager.settings.all() == {}
+
+
+async def test_a_prompt_being_tokenized_does_not_hold_up_other_requests(runner, monkeypatch):
+    """Rendering and tokenizing run off the event loop: a prompt of megabytes (seconds of tokenizing)
+    must not stall every other stream of the model. The gate holds one prompt's tokenizing until the
+    other request has been served; were it on the loop, nothing else could run meanwhile."""
+    stub, manager = runner
+    await stub.LoadModel(runner_pb2.LoadModelRequest(model="a"), timeout=60)
+    model = manager.loaded()[0].model
+    tokenizing, release = threading.Event(), threading.Event()
+    original = model.tokenize
+
+    def gated(text: str, **kwargs) -> list[int]:
+        if "held prompt" in text:
+            tokenizing.set()
+            release.wait(10)
+        return original(text, **kwargs)
+
+    monkeypatch.setattr(model, "tokenize", gated)
+    held = chat_request(max_tokens=2)
+    held.chat.messages[0].content = "held prompt"
+    held_call = asyncio.ensure_future(generate(stub, held))
+    try:
+        assert await asyncio.to_thread(tokenizing.wait, 30)
+        other = await generate(stub, chat_request(max_tokens=2))
+        assert other[-1].finish_reason and not held_call.done()
+    finally:
+        release.set()
+    assert (await held_call)[-1].finish_reason
