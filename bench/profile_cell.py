@@ -5,7 +5,7 @@ samples the engine, the Runner and the gateway and prints each one's busiest fra
 
 py-spy is not a project dependency: `pip install py-spy` anywhere and name it with --py-spy.
 
-    python bench/profile_cell.py [--py-spy /tmp/gl/bin/py-spy] [--concurrency 4] [--seconds 25] [--sampling sampled]
+    python bench/profile_cell.py [--py-spy /tmp/gl/bin/py-spy] [--concurrency 4] [--seconds 25] [--sampling sampled] [--raw-dir DIR]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--sampling", choices=("greedy", "sampled"), default="greedy", help="as bench/serve_bench.py's")
+    parser.add_argument("--raw-dir", type=Path, help="keep py-spy's raw (collapsed) stacks here, one file per process")
     args = parser.parse_args(argv)
     prompts = [chat(p) for p in PROMPTS]
     n = args.concurrency
@@ -104,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in targets if args.py_spy else ():
             print(f"\n{name} (pid {targets[name]}), busiest frames, own time:")
             print("\n".join(busiest(Path(work) / f"{name}.txt", 8)))
+            if args.raw_dir:
+                args.raw_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(work) / f"{name}.txt", args.raw_dir / f"{name}.txt")
 
 
 if __name__ == "__main__":
