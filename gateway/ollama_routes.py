@@ -298,7 +298,8 @@ def build_router() -> APIRouter:
         timings = Timings()
         await _load(request, model, body.keep_alive, timings)
         reply = await _call(request, _backends(request).runner, "Embed", runner_pb2.EmbedRequest(
-            model=model.qualified, inputs=body.input, keep_alive=body.keep_alive or ""), model, long=True)
+            model=model.qualified, inputs=body.input, keep_alive=body.keep_alive or "", truncate=body.truncate),
+            model, long=True)
         return {
             "model": model.typed,
             "embeddings": [convert.embedding(e.values, body.dimensions) for e in reply.embeddings],

@@ -16,6 +16,7 @@ import grpc
 from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.common.names import parse_reference
 from modelrunner.runner import rerank, token_count
+from modelrunner.runner.backends.base import InputTooLong
 from modelrunner.runner.grammars import grammar_for
 from modelrunner.runner.held_answer import AnswerRelay, tools_offered
 from modelrunner.runner.jobs import build_job
@@ -23,7 +24,7 @@ from modelrunner.runner.logprobs import logprobs_message
 from modelrunner.runner.manager import Loaded, ModelManager
 from modelrunner.runner.model_settings import ModelConfig
 from modelrunner.runner.scheduler import GenerationError, QueueFull
-from modelrunner.runner.validation import check_embed, check_generate, check_load_options, check_model
+from modelrunner.runner.validation import check_embed, check_generate, check_load_options, check_model, field_error
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 
@@ -85,6 +86,11 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 if not t:
                     raise invalid(f"inputs[{i}]: has no tokens")
             try:
+                vectors = await asyncio.to_thread(model.embed, tokens)
+            except InputTooLong as exc:
+                if not request.truncate:
+                    raise field_error(f"inputs[{exc.index}]", f"{exc}: shorten it, or send truncate") from exc
+                tokens = [t[: exc.n_ctx] for t in tokens]
                 vectors = await asyncio.to_thread(model.embed, tokens)
             except ValueError as exc:
                 raise invalid(f"inputs: {exc}") from exc

@@ -110,6 +110,17 @@ def test_embed_and_the_older_embeddings(client):
     assert older.embedding == pytest.approx(embedded.embeddings[0], abs=1e-5)
 
 
+def test_embed_truncates_an_input_longer_than_the_context_unless_told_not_to(client):
+    """Ollama's `truncate` (true by default) cuts an input to the context's first tokens; false
+    refuses it with 400, naming the input."""
+    long_text = "hello world " * 2000  # far past the tiny model's 512-token context
+    cut = client.embed(model="tiny", input=[long_text, "hello"])
+    assert len(cut.embeddings) == 2 and 0 < cut.prompt_eval_count <= 2 * 512  # each input at most the context
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model="tiny", input=["hello", long_text], truncate=False)
+    assert err.value.status_code == 400 and "inputs[1]" in str(err.value)
+
+
 def test_load_and_unload_by_keep_alive(client):
     assert client.generate(model="tiny", keep_alive=-1).done_reason == "load"
     assert any(m.model == "ai/tiny:latest" for m in client.ps().models)
