@@ -11,12 +11,14 @@ import json
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import PydanticCustomError
 
 from modelrunner.common.names import is_digest
 from modelrunner.gateway import proto_json
 from modelrunner.gateway.backends import Backends, Service, UpstreamError
 from modelrunner.gateway.errors import APIError, from_upstream
 from modelrunner.gateway.middleware import accepts
+from modelrunner.gateway.openai_models import check_json
 from modelrunner.gateway.settings import GatewayOptions
 from modelrunner.gateway.streaming import ClosingStreamingResponse, json_line, peek
 from modelrunner.gateway.transcoding import HttpRoute, build_request, openapi_operation, routes_of
@@ -45,13 +47,30 @@ def _service(backends: Backends, full_name: str) -> Service:
 
 
 async def _json_body(request: Request):
+    """The body as JSON, checked by check_json as every API family's bodies are: all that json.loads
+    or the protos cannot take (bytes that are not UTF-8, an integer past Python's digit limit, NaN, a
+    lone surrogate, deep nesting) is a 400, never an error while building the request."""
     raw = await request.body()
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        return check_json(json.loads(raw, parse_int=_integer))
+    except PydanticCustomError as exc:  # a ValueError too: first
+        param = (exc.context or {}).get("param") or None
+        raise APIError(400, exc.message(), param=param, code="invalid_value") from None
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"malformed JSON body: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                       code="invalid_json") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+
+
+def _integer(text: str) -> int:
+    """json.loads' parse_int, whose refusal of a number past Python's digit limit (4300) says what to fix."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"an integer of {len(text)} digits is too long for any field") from None
 
 
 def _answer(route: HttpRoute, reply) -> object:

@@ -19,6 +19,7 @@ from modelrunner.v1 import runner_pb2, types_pb2
 OLLAMA_API_VERSION = "0.33.0"
 NEVER = "2318-01-01T00:00:00Z"  # where Ollama's "forever" keep_alive lands (now + the longest Go duration)
 DONE_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop"}
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()  # the last second a datetime holds
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ def now_rfc3339() -> str:
 
 
 def rfc3339(unix: float) -> str:
-    return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
+    """`unix` as RFC 3339, clamped to what a datetime holds (1970 to 9999): a stray time (an expiry the
+    Runner computed from a huge keep_alive, a corrupt record) must not fail a whole listing."""
+    clamped = 0.0 if math.isnan(unix) else min(max(unix, 0.0), _LATEST)
+    return datetime.fromtimestamp(clamped, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def not_found(name: str, *, pull_hint: bool = False) -> APIError:

@@ -33,11 +33,13 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 
 # The Runner's own duration grammar: such strings pass through unchanged (and show so in /engines/ps).
 _RUNNER_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+MAX_KEEP_ALIVE_S = 10 * 365 * 24 * 3600  # the Runner's bound (model_settings.MAX_KEEP_ALIVE_S)
 
 
 def keep_alive_text(value: Any) -> str | None:
     """Ollama's keep_alive (seconds as a number, a Go duration string; negative: forever) as the
-    Runner's: "-1" (forever), "0" (unload after the request), a duration, or seconds."""
+    Runner's: "-1" (forever), "0" (unload after the request), a duration, or seconds. Over 10 years is
+    refused here, as the Runner refuses it, before any model loads."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -51,12 +53,14 @@ def keep_alive_text(value: Any) -> str | None:
         seconds = sum(float(n) * _GO_UNITS[u] for n, u in _GO_PART.findall(text))
         if text.startswith("-") and seconds:
             return "-1"
-    elif not math.isfinite(value):
+    elif isinstance(value, float) and not math.isfinite(value):
         raise invalid("give a finite number of seconds")
     else:
-        seconds, text = float(value), ""
+        seconds, text = value, ""  # an int stays one: float() of a 400-digit integer overflows
     if seconds < 0:
         return "-1"
+    if seconds > MAX_KEEP_ALIVE_S:
+        raise invalid(f"at most {MAX_KEEP_ALIVE_S} seconds (10 years); -1 keeps the model loaded forever")
     short = f"{seconds:.3f}".rstrip("0").rstrip(".")
     if short in ("", "0"):
         return "0"  # what rounds to no time at all unloads after the request, as 0 does
@@ -103,7 +107,7 @@ class Options(_Body):
     stop: list[str] | None = Field(default=None, description=f"up to {MAX_STOP} strings")
     num_ctx: int | None = Field(default=None, ge=1, le=INT32_MAX,
                                 description="accepted; the context size is the model's setting (`/engines/_configure`)")
-    repeat_penalty: float | None = Field(default=None, ge=0, le=100)
+    repeat_penalty: float | None = Field(default=None, gt=0, le=10, description="(0, 10], the Runner's range; 1: off")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
 

@@ -61,6 +61,7 @@ def _utf8(text: str, path: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
+        path = path.encode("utf-8", "backslashreplace").decode("utf-8")  # a key's own surrogate, escaped
         raise invalid(f"{path or 'body'}: text with a lone surrogate escape (\\ud800-\\udfff) is not UTF-8",
                       path) from None
     if "\0" in text:  # the engine's tokenizer cannot take it (the Runner refuses it too)
@@ -165,7 +166,7 @@ class SamplingFields(RequestBody):
     )
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    repeat_penalty: float | None = Field(default=None, ge=0, le=100, description="1: off")
+    repeat_penalty: float | None = Field(default=None, gt=0, le=10, description="(0, 10], the Runner's range; 1: off")
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         default=None, max_length=MAX_LOGIT_BIAS, description="token id -> bias in [-100, 100]"
     )

@@ -12,6 +12,11 @@ from pydantic import Field, field_validator
 
 from modelrunner.gateway.openai_models import INT32_MAX, MAX_MESSAGES, MAX_TOOLS, NAME, Lenient, RequestBody, invalid
 
+# OpenAI's limits for `metadata`; a stored Response keeps it, so unbounded it would fill the gateway's memory.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
 
 class ContentPart(Lenient):
     type: str = Field(max_length=64)
@@ -79,6 +84,20 @@ class ResponsesRequest(RequestBody):
     def _count(cls, value: str | list[InputItem]) -> str | list[InputItem]:
         if isinstance(value, list) and not 0 < len(value) <= MAX_MESSAGES:
             raise invalid(f"give from 1 to {MAX_MESSAGES} input items, not {len(value)}")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_METADATA_PAIRS:
+            raise invalid(f"give at most {MAX_METADATA_PAIRS} key-value pairs, not {len(value)}")
+        for key, text in value.items():
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise invalid(f"keys are at most {MAX_METADATA_KEY_CHARS} characters, not {len(key)} ({key[:20]!r}...)")
+            if len(text) > MAX_METADATA_VALUE_CHARS:
+                raise invalid(f"values are at most {MAX_METADATA_VALUE_CHARS} characters; {key!r} has {len(text)}")
         return value
 
 

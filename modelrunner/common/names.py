@@ -7,13 +7,17 @@ images. No part of a name ever becomes a filesystem path: the Store addresses bl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+
+import idna
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_NAMESPACE = "ai"
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
+MAX_PORT = 65535
 
 # The grammar of github.com/distribution/reference (reference.go), anchored.
 _ALNUM = r"[a-z0-9]+"
@@ -23,6 +27,7 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"sha256:[a-f0-9]{64}"
+_IPV4_STYLE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$")  # what URL parsers read as an IPv4 address
 _PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
 _DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
 _TAG_RE = re.compile(rf"^{_TAG}$")
@@ -95,6 +100,7 @@ def parse_reference(text: str, *, default_registry: str = DEFAULT_REGISTRY) -> R
         registry, path = parts
         if not _DOMAIN_RE.match(registry):
             raise InvalidReference(f"invalid registry {registry!r} in {text!r}")
+        _check_registry(registry, text)
     else:
         registry, path = default_registry, remainder
     if "/" not in remainder:
@@ -108,3 +114,37 @@ def parse_reference(text: str, *, default_registry: str = DEFAULT_REGISTRY) -> R
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry, path, tag, digest)
+
+
+def _check_registry(registry: str, text: str) -> None:
+    """What the grammar lets through but no URL can reach: a port outside 1-65535, an IP address that is
+    none (`999.999.999.999`, `[1::2::3]`), a punycode label (`xn--...`) that does not decode."""
+    host, port = registry, ""
+    if not registry.endswith("]") and ":" in registry:
+        host, port = registry.rsplit(":", 1)
+    problem = _port_problem(port) or _host_problem(host)
+    if problem:
+        raise InvalidReference(f"invalid registry {registry!r} in {text!r}: {problem}")
+
+
+def _port_problem(port: str) -> str | None:
+    return f"the port must be 1 to {MAX_PORT}" if port and not 1 <= int(port) <= MAX_PORT else None
+
+
+def _host_problem(host: str) -> str | None:
+    """Checked as httpx reads a host: four dotted numbers are an IPv4 address, brackets an IPv6 one, and
+    punycode is decoded (by idna, httpx's own dependency)."""
+    try:
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:-1])
+        elif _IPV4_STYLE.match(host):
+            ipaddress.IPv4Address(host)
+    except ValueError as exc:
+        return f"{host} is not an IP address ({exc})"
+    for label in host.split("."):
+        if label.lower().startswith("xn--"):
+            try:
+                idna.decode(label)
+            except UnicodeError as exc:  # idna's errors are UnicodeErrors
+                return f"{label!r} is not a valid punycode (xn--) label ({exc})"
+    return None

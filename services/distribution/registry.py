@@ -56,6 +56,7 @@ BACKOFF_MAX_S = 8.0
 LOOPBACK_NAMES = {"localhost"}
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
+MAX_PORT = 65535
 
 
 def is_loopback(registry: str) -> bool:
@@ -134,6 +135,8 @@ class RegistryClient:
         insecure: bool = False,
     ) -> None:
         options.check_insecure(registry, insecure)
+        host = DOCKER_HUB_API if registry == "docker.io" else registry
+        self.base = _base_url(host)  # before the connection pool: a bad name leaves nothing to close
         self.registry = registry
         self.options = options
         verify: str | bool = options.ca_bundle or True
@@ -145,8 +148,6 @@ class RegistryClient:
             headers={"User-Agent": "modelrunner-distribution", "Accept-Encoding": "identity"},
         )
         self.auth = RegistryAuth(registry, credentials, scopes, self.target)
-        host = DOCKER_HUB_API if registry == "docker.io" else registry
-        self.base = f"https://{host}"
         self._host = host
         self._probed = False
 
@@ -414,6 +415,21 @@ class RegistryClient:
         if not location:
             raise ServiceError(grpc.StatusCode.UNKNOWN, f"registry {self.registry} sent no upload location")
         return str(self.target(httpx.URL(urljoin(str(answer.url), location)), "an upload location"))
+
+
+def _base_url(host: str) -> str:
+    """`https://host`; INVALID_ARGUMENT where no URL can reach `host` (a bad port, an IP address that is
+    none, a punycode label that does not decode), which would otherwise fail deep in httpx as an error no
+    status maps. A parsed reference never names such a host (names.py): this backs that up."""
+    base = f"https://{host}"
+    try:
+        url = httpx.URL(base)
+        url.host  # reading it decodes a punycode host, which raises for a label that is none
+    except (httpx.InvalidURL, UnicodeError) as exc:  # idna's errors are UnicodeErrors
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"registry {host!r} is not a valid host ({exc})") from None
+    if url.port is not None and not 0 < url.port <= MAX_PORT:  # connecting would raise OverflowError
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"registry {host!r}: the port must be 1 to {MAX_PORT}")
+    return base
 
 
 def _port(url: httpx.URL) -> int:
