@@ -158,7 +158,7 @@ def generate_request(body: MessagesRequest, model: ModelName) -> runner_pb2.Gene
     if forced is not None:
         if output_format is not None:
             raise _invalid("output_config.format", "a structured output cannot be combined with a forced tool_choice")
-        forced_tools.force(request, json.loads(chat_.tools_json), forced or None)
+        forced_tools.force(request, json.loads(chat_.tools_json), forced or None, field="tools[{}].input_schema")
     elif output_format is not None:
         request.response_format.type = "json_schema"
         request.response_format.json_schema = json.dumps(output_format.schema_)

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from modelrunner.common.names import InvalidReference, is_digest, parse_reference
+from modelrunner.gateway import forced_tools
 from modelrunner.gateway.errors import APIError
 from modelrunner.gateway.openai_models import (
     ChatCompletionRequest,
@@ -72,6 +73,24 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> runner_pb2.Sampli
     return params
 
 
+def _forced(body: ChatCompletionRequest) -> str | None:
+    """The function a call is forced to ("" for any), or None when the model may answer in text (telling
+    the chat template the tool_choice is not enough: a template may ignore it, a model disobey it)."""
+    choice = body.tool_choice
+    if choice is None or choice in ("auto", "none"):
+        return None
+    if not body.tools:
+        raise APIError(400, "tool_choice: a required or named tool_choice needs tools", param="tool_choice",
+                       code="invalid_value")
+    if choice == "required":
+        return ""
+    if not any(t.function.name == choice.function.name for t in body.tools):
+        param = "tool_choice.function.name"
+        raise APIError(400, f"{param}: no function named {choice.function.name!r} in tools", param=param,
+                       code="invalid_value")
+    return choice.function.name
+
+
 def chat_request(body: ChatCompletionRequest, model: ModelName) -> runner_pb2.GenerateRequest:
     chat = runner_pb2.Chat()
     for i, message in enumerate(body.messages):
@@ -100,11 +119,17 @@ def chat_request(body: ChatCompletionRequest, model: ModelName) -> runner_pb2.Ge
         top_logprobs=body.top_logprobs or 0,
         keep_alive=body.keep_alive or "",
     )
-    if body.response_format is not None:
-        schema = body.response_format.json_schema
-        request.response_format.type = body.response_format.type
-        if schema is not None and schema.schema_ is not None:
-            request.response_format.json_schema = json.dumps(schema.schema_)
+    forced = _forced(body)
+    fmt = body.response_format
+    if forced is not None:
+        if fmt is not None and fmt.type != "text":
+            raise APIError(400, "response_format: a JSON response_format cannot be combined with a required or named "
+                                "tool_choice", param="response_format", code="invalid_value")
+        forced_tools.force(request, json.loads(chat.tools_json), forced or None, field="tools[{}].function.parameters")
+    elif fmt is not None:
+        request.response_format.type = fmt.type
+        if fmt.json_schema is not None and fmt.json_schema.schema_ is not None:
+            request.response_format.json_schema = json.dumps(fmt.json_schema.schema_)
     return request
 
 

@@ -10,6 +10,7 @@ from contextlib import aclosing
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from modelrunner.gateway import forced_tools
 from modelrunner.gateway import openai_convert as convert
 from modelrunner.gateway.backends import Backends, ServerStream, UpstreamError
 from modelrunner.gateway.errors import from_upstream
@@ -46,12 +47,14 @@ def model_entry(model, tag: str) -> dict:
     }
 
 
-async def _start(request: Request, stream: ServerStream, model: convert.ModelName):
-    """The first chunk of a generation, with an error before it answered as an HTTP status."""
+async def _start(request: Request, stream: ServerStream, grpc_request: runner_pb2.GenerateRequest,
+                 model: convert.ModelName):
+    """The first chunk of a generation, with an error before it answered as an HTTP status (naming the
+    tool, not the contract's field, when a forced call's schema was refused)."""
     try:
         return await cancel_on_disconnect(request, peek(stream))
     except UpstreamError as error:
-        raise from_upstream(error, model=model.familiar) from None
+        raise forced_tools.blame(from_upstream(error, model=model.familiar), grpc_request) from None
 
 
 async def _collect(first, rest: AsyncIterator, stream: ServerStream) -> convert.Collected:
@@ -66,7 +69,7 @@ async def _collect(first, rest: AsyncIterator, stream: ServerStream) -> convert.
 
 async def _generate(request: Request, grpc_request: runner_pb2.GenerateRequest, model: convert.ModelName):
     stream = _backends(request).runner.stream("Generate", grpc_request)
-    first, rest = await _start(request, stream, model)
+    first, rest = await _start(request, stream, grpc_request, model)
     return stream, first, rest
 
 

@@ -146,7 +146,7 @@ def generate_request(body: ResponsesRequest, model: ModelName, conversation: lis
     if forced is not None:
         if fmt is not None and fmt.type != "text":
             raise _invalid("text.format", "a JSON text.format cannot be combined with a required or named tool_choice")
-        forced_tools.force(request, tools, forced or None)
+        forced_tools.force(request, tools, forced or None, field="tools[{}].parameters")
     elif fmt is not None and fmt.type != "text":
         request.response_format.type = fmt.type
         if fmt.type == "json_schema":
