@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from modelrunner.common.keep_alive import MAX_KEEP_ALIVE_S
 from modelrunner.gateway.openai_models import check_json, invalid
 
 INT32_MAX = 2**31 - 1
@@ -33,7 +34,6 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 
 # The Runner's own duration grammar: such strings pass through unchanged (and show so in /engines/ps).
 _RUNNER_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
-MAX_KEEP_ALIVE_S = 10 * 365 * 24 * 3600  # the Runner's bound (model_settings.MAX_KEEP_ALIVE_S)
 
 
 def keep_alive_text(value: Any) -> str | None:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from modelrunner.common.keep_alive import parse_keep_alive
+
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 MAX_MESSAGES = 4096
@@ -24,7 +26,6 @@ MAX_LOGIT_BIAS = 1024
 MAX_EMBED_INPUTS = 2048  # OpenAI's limit
 MAX_JSON_DEPTH = 64  # a body nested deeper (schemas included) is an attack, not a request
 NAME = r"^[A-Za-z0-9_.:-]{1,64}$"  # OpenAI's function names, plus "." and ":" (MCP's)
-KEEP_ALIVE = r"^[+-]?[0-9][0-9a-z.]{0,31}$"  # "5m", "1h30m", "30s", "0", "-1": the Runner parses it
 
 
 def invalid(message: str, param: str | None = None) -> PydanticCustomError:
@@ -174,8 +175,19 @@ class SamplingFields(RequestBody):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="keep generating past end of sequence (llama.cpp's)")
-    keep_alive: str | None = Field(default=None, pattern=KEEP_ALIVE, description="'5m', '30s', '0', '-1' (forever)")
+    keep_alive: str | None = Field(default=None, max_length=32, description="'5m', '30s', '0', '-1' (forever)")
     user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: str | None) -> str | None:
+        """Checked here as the Runner checks it, so a bad one is refused before any model loads."""
+        if value is not None:
+            try:
+                parse_keep_alive(value)
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -17,7 +17,8 @@ from modelrunner.runner.engine_client import ProcessLauncher
 from modelrunner.runner.engine_router import add_runner_to_server
 from modelrunner.runner.manager import ManagerConfig, ModelManager
 from modelrunner.runner.metrics import RunnerMetrics
-from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive, parse_step_factor
+from modelrunner.common.keep_alive import parse_keep_alive
+from modelrunner.runner.model_settings import SettingsStore, parse_step_factor
 from modelrunner.runner.preload import parse_preload, preload
 from modelrunner.runner.resolver import StoreResolver
 from modelrunner.v1 import runner_pb2

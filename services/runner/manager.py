@@ -25,7 +25,8 @@ from modelrunner.runner.engine import (
     Engine, EngineLauncher, EngineLoad, EngineModel, EngineSpec, LocalLauncher, load_error,
 )
 from modelrunner.runner.metrics import ModelLoad, RunnerLoad, RunnerMetrics
-from modelrunner.runner.model_settings import SettingsStore, parse_keep_alive
+from modelrunner.common.keep_alive import parse_keep_alive
+from modelrunner.runner.model_settings import SettingsStore
 from modelrunner.runner.resolver import ModelResolver, ResolvedModel
 from modelrunner.runner.scheduler import Arrivals
 

@@ -7,50 +7,14 @@ size; here every change is written atomically (temporary file, fsync, rename) be
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from modelrunner.common.keep_alive import parse_keep_alive
 from modelrunner.runner.backends.base import LoadOptions
-
-FOREVER = None  # keep-alive that never expires
-# The longest finite keep-alive: a longer one is a mistake ("-1" is forever), and its expiry may be past what
-# a datetime holds (/api/ps shows it as one).
-MAX_KEEP_ALIVE_S = 10 * 365 * 24 * 3600
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_keep_alive(text: str) -> float | None:
-    """Seconds from "5m", "1h30m", "30s", "300" (seconds), "0", at most MAX_KEEP_ALIVE_S (10 years); None
-    (forever) for any negative value."""
-    value = text.strip()
-    if not value:
-        raise ValueError("keep_alive is empty")
-    try:
-        seconds = float(value)
-    except ValueError:
-        sign = -1.0 if value.startswith("-") else 1.0
-        body = value.lstrip("+-")
-        parts = _DURATION_RE.findall(body)
-        if not parts or "".join(n + u for n, u in parts) != body:
-            raise ValueError(
-                f"invalid keep_alive {text!r}: use a duration like '30s', '5m', '1h30m', '0' or '-1' (forever)"
-            ) from None
-        seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds):  # float() takes "nan" and "inf"
-        raise ValueError(f"invalid keep_alive {text!r}: give a finite number of seconds ('-1' is forever)")
-    if seconds > MAX_KEEP_ALIVE_S:
-        raise ValueError(
-            f"invalid keep_alive {text!r}: at most {MAX_KEEP_ALIVE_S} seconds (10 years); '-1' keeps "
-            "the model loaded forever"
-        )
-    return FOREVER if seconds < 0 else seconds
-
 
 # Runtime flags accepted in `runtime-flags` (llama-server's spelling), and the option each sets.
 _FLAGS = {

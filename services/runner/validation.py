@@ -13,7 +13,7 @@ import math
 
 from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.runner.backends.base import LoadOptions
-from modelrunner.runner.model_settings import parse_keep_alive
+from modelrunner.common.keep_alive import parse_keep_alive
 from modelrunner.v1 import runner_pb2
 
 MAX_MESSAGES = 4096

@@ -14,7 +14,8 @@ from modelrunner.common.names import InvalidReference, parse_reference
 from modelrunner.distribution.registry import RegistryClient, RegistryOptions
 from modelrunner.gateway.ollama_convert import ps_entry, rfc3339
 from modelrunner.gateway.ollama_models import keep_alive_text
-from modelrunner.runner.model_settings import MAX_KEEP_ALIVE_S, ModelConfig, parse_keep_alive
+from modelrunner.common.keep_alive import MAX_KEEP_ALIVE_S, parse_keep_alive
+from modelrunner.runner.model_settings import ModelConfig
 from modelrunner.runner.validation import check_model
 from modelrunner.v1 import runner_pb2
 from tests.support.gateway_fakes import gateway_client

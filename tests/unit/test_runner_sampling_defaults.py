@@ -58,7 +58,7 @@ def test_a_requests_own_values_win_over_the_models_defaults():
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999"])
 def test_keep_alive_seconds_must_be_finite(text):
-    from modelrunner.runner.model_settings import parse_keep_alive
+    from modelrunner.common.keep_alive import parse_keep_alive
 
     with pytest.raises(ValueError, match="finite"):
         parse_keep_alive(text)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from modelrunner.runner.chat import ChatRenderer, choose_format
-from modelrunner.runner.model_settings import parse_keep_alive, parse_runtime_flags
+from modelrunner.common.keep_alive import parse_keep_alive
+from modelrunner.runner.model_settings import parse_runtime_flags
 from modelrunner.runner.sampling import Sampler, SamplingOptions
 from modelrunner.runner.textstream import TextStream
 
