@@ -1,9 +1,11 @@
 """Grammar choice: a response_format becomes the grammar that constrains one request's sampling.
 
 A schema is converted to GBNF in a small thread pool, never on the event loop (a large schema takes
-a while) nor on the decode thread (every stream of the model would wait), bounded in size by the
-converter and in time here, and cached per schema text. The GBNF is compiled for the model in the
-same pool; the compiled grammar is per request, since it tracks where the answer is.
+a while) nor on the decode thread (every stream of the model would wait), and cached per schema text.
+The converter bounds the GBNF's size, which bounds llama.cpp's work compiling it, and the CPU time of
+each conversion: a request's own work, never its wait in the pool behind others, so one client's
+giant schema cannot fail another's request. The GBNF is compiled for the model in the same pool; the
+compiled grammar is per request, since it tracks where the answer is.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from modelrunner.v1 import runner_pb2
 
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
 CACHE_SIZE = 128
-CONVERT_TIMEOUT_S = 10.0
+CONVERT_TIME_LIMIT_S = 10.0
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def gbnf_for_schema(schema_text: str) -> str:
     """The GBNF of a schema, cached (blocking: call it in the pool)."""
-    return schema_to_gbnf(schema_text)
+    return schema_to_gbnf(schema_text, CONVERT_TIME_LIMIT_S)
 
 
 async def grammar_for(fmt: runner_pb2.ResponseFormat, model: LoadedModel) -> Grammar | None:
@@ -37,11 +39,9 @@ async def grammar_for(fmt: runner_pb2.ResponseFormat, model: LoadedModel) -> Gra
     field = "response_format.json_schema"
     loop = asyncio.get_running_loop()
     try:
-        gbnf = await asyncio.wait_for(loop.run_in_executor(_pool, gbnf_for_schema, schema), CONVERT_TIMEOUT_S)
+        gbnf = await loop.run_in_executor(_pool, gbnf_for_schema, schema)
     except UnsupportedSchema as exc:
         raise field_error(field, str(exc)) from None
-    except TimeoutError:
-        raise field_error(field, f"took more than {CONVERT_TIMEOUT_S:g} s to convert: simplify it") from None
     return await _compile(loop, model, gbnf, field)
 
 

@@ -6,6 +6,9 @@ integer's `minimum`), so the output may break the schema. Here counts become GBN
 llama.cpp expands into n-m small rules; its parser refuses m > 2000 and reads n > 2000 as unbounded,
 so larger counts are split into blocks. A keyword that cannot be enforced is an UnsupportedSchema
 naming it; annotations (title, description, ...) are ignored.
+
+The grammar stays linear in the schema (optional members are a chain, rule names are cut short) and is
+bounded as it is built, in rules, bytes and CPU time: a small schema must not cost the engine gigabytes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from typing import Any
 
 LLAMA_REPEAT_LIMIT = 2000  # llama-grammar.cpp's MAX_REPETITION_THRESHOLD
@@ -20,6 +24,10 @@ BLOCK = 1000
 MAX_COUNT = 1_000_000  # maxLength / maxItems past this are refused
 MAX_DEPTH = 64
 MAX_RULES = 5000
+MAX_GBNF_BYTES = 1 << 20  # llama.cpp compiles 1 MiB in ~0.3 s, ~10 MB; the Runner caches 128 grammars
+MAX_EXPANSION = 100_000  # rules llama.cpp writes out for x{m,n} (n - m each): ~200 bytes, 0.5 us apiece
+MAX_OPTIONAL = 128  # per object: each is a path llama.cpp checks the vocabulary against at every step
+MAX_NAME = 40  # a rule name's characters: names built from nested keys must not grow with depth
 MAX_LITERALS = 1024  # enum values, and integers of a bounded range spelt out
 MAX_INT_DIGITS = 16
 
@@ -97,10 +105,11 @@ def literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def schema_to_gbnf(schema_text: str) -> str:
-    """The GBNF (root rule "root") of a JSON schema given as JSON text."""
+def schema_to_gbnf(schema_text: str, time_limit_s: float = math.inf) -> str:
+    """The GBNF (root rule "root") of a JSON schema given as JSON text. The time limit is in this
+    thread's CPU time, so it counts the conversion's own work: not a queue, nor other threads."""
     try:
-        return _Converter(json.loads(schema_text)).convert()
+        return _Converter(json.loads(schema_text), time_limit_s).convert()
     except ValueError as exc:
         if isinstance(exc, UnsupportedSchema):
             raise
@@ -110,35 +119,64 @@ def schema_to_gbnf(schema_text: str) -> str:
 
 
 class _Converter:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, time_limit_s: float) -> None:
         self._root = root
         self._rules: dict[str, str] = {}
         self._refs: dict[str, str] = {}
+        self._suffixes: dict[str, int] = {}  # base name -> last suffix given: no rescan per rule
+        self._bytes = 0
+        self._expansion = 0
+        self._time_limit_s = time_limit_s
+        self._deadline = time.thread_time() + time_limit_s
 
     def convert(self) -> str:
-        top = self._visit(self._root, "root", 0)
-        if top != "root":
-            self._rules["root"] = top
+        self._put("root", "")  # reserved first: the rule of a member named "" would be called "root" too
+        self._put("root", self._visit(self._root, "root", 0))
         return "\n".join(f"{name} ::= {body}" for name, body in self._rules.items()) + "\n"
 
     # rules -------------------------------------------------------------------------------------
+    def _put(self, name: str, body: str) -> None:
+        """Sets a rule, refusing the schema as soon as the grammar passes a bound."""
+        self._bytes += len(f"{name} ::= {body}\n".encode("utf-8", "surrogatepass"))
+        if self._bytes > MAX_GBNF_BYTES:
+            raise UnsupportedSchema(
+                "json_schema",
+                f"is too large: its grammar passes {MAX_GBNF_BYTES} bytes; simplify it (fewer properties, "
+                "optional properties, enum values or alternatives, shorter names)",
+            )
+        if time.thread_time() > self._deadline:
+            raise UnsupportedSchema("json_schema", f"took more than {self._time_limit_s:g} s to convert: simplify it")
+        self._rules[name] = body
+
+    def _expand(self, rules: int) -> None:
+        """Counts the rules llama.cpp generates for a repetition: a few bytes of GBNF, a lot of engine."""
+        self._expansion += rules
+        if self._expansion > MAX_EXPANSION:
+            raise UnsupportedSchema(
+                "json_schema",
+                f"is too large: its ranges of lengths and item counts (maxLength - minLength, maxItems - minItems) "
+                f"add up to more than the {MAX_EXPANSION} the engine spells out; use fewer or narrower ones",
+            )
+
     def _add(self, name: str, body: str) -> str:
         """Adds a rule under a fresh name derived from `name`; returns that name."""
-        base = _NAME.sub("-", name).strip("-") or "r"
+        base = _NAME.sub("-", name).strip("-")[-MAX_NAME:].strip("-") or "r"
         if base in PRIMITIVES or base in FORMATS:
             base += "-"
-        unique, n = base, 1
+        n = self._suffixes.get(base, 1)
+        unique = base if n == 1 else f"{base}{n}"
         while unique in self._rules:
             n += 1
             unique = f"{base}{n}"
+        self._suffixes[base] = n
         if len(self._rules) >= MAX_RULES:
             raise UnsupportedSchema("json_schema", f"needs more than {MAX_RULES} grammar rules: simplify it")
-        self._rules[unique] = body
+        self._put(unique, body)
         return unique
 
     def _primitive(self, name: str) -> str:
         if name not in self._rules:
-            self._rules[name] = PRIMITIVES[name]
+            self._put(name, PRIMITIVES[name])
             for dep in _PRIMITIVE_DEPS[name]:
                 self._primitive(dep)
         return name
@@ -148,8 +186,10 @@ class _Converter:
         if high is not None and high <= LLAMA_REPEAT_LIMIT and low <= LLAMA_REPEAT_LIMIT:
             if high == 0:
                 return ""
+            self._expand(high - low)
             return f"{symbol}{{{low}}}" if low == high else f"{symbol}{{{low},{high}}}"
         if high is None and low <= LLAMA_REPEAT_LIMIT:
+            self._expand(1)
             return f"{symbol}{{{low},}}"
         block = self._add(f"{symbol}-block", f"{symbol}{{{BLOCK}}}")
         q, r = divmod(low, BLOCK)
@@ -179,6 +219,7 @@ class _Converter:
     # schemas ------------------------------------------------------------------------------------
     def _visit(self, schema: Any, name: str, depth: int) -> str:
         """The name of a rule matching `schema`."""
+        name = name[-MAX_NAME:]  # the path of keys so far: kept short, or each level copies every one above
         if depth > MAX_DEPTH:
             raise UnsupportedSchema("json_schema", f"nests deeper than {MAX_DEPTH} levels")
         if schema is True or schema == {}:
@@ -279,7 +320,7 @@ class _Converter:
             target = target[part]
         name = self._add("ref-" + ref[1:], "")  # reserved first: a recursive schema refers to itself
         self._refs[ref] = name
-        self._rules[name] = self._visit(target, name + "-def", depth + 1)
+        self._put(name, self._visit(target, name + "-def", depth + 1))
         return name
 
     def _count(self, schema: dict, key: str, default: int | None) -> int | None:
@@ -321,6 +362,7 @@ class _Converter:
         if low is not None and high is None and 0 <= low < 10 ** 3:
             # low..(10^d - 1) spelt out, then every integer with more digits than low has.
             digits = len(str(low))
+            self._expand(MAX_INT_DIGITS - 1 - digits)
             spelt = " | ".join(literal(str(v)) for v in range(low, 10 ** digits))
             return f'({spelt} | [1-9] [0-9]{{{digits},{MAX_INT_DIGITS - 1}}}) {space}'
         keyword = "maximum" if low is None else "minimum"
@@ -355,30 +397,48 @@ class _Converter:
         missing = [r for r in required if r not in properties]
         if missing:
             raise UnsupportedSchema("required", f"names {missing[0]!r}, which is not in properties")
+        required = set(required)  # looked up once per property: a long list must not make that quadratic
         if "properties" not in schema and "additionalProperties" not in schema:
             return self._primitive("object")
         extra = schema.get("additionalProperties", False)
-        pairs = {
-            key: self._add(f"{name}-{key}-kv", f"{literal(json.dumps(key, ensure_ascii=False))} space \":\" space "
-                           f"{self._visit(sub, f'{name}-{key}', depth + 1)}")
+        optional = sum(key not in required for key in properties) + (extra is not False)
+        if optional > MAX_OPTIONAL:
+            # llama.cpp's sampler tracks a path per member that may come next, and checks every token
+            # of the vocabulary against each: 2400 of them cost 16 s a step with Gemma's 262k tokens.
+            raise UnsupportedSchema(
+                "required", f"leaves {optional} properties optional; at most {MAX_OPTIONAL} are supported: "
+                "list the others in required",
+            )
+        members = [
+            (key, f"{literal(json.dumps(key, ensure_ascii=False))} space \":\" space "
+                  f"{self._visit(sub, f'{name}-{key}', depth + 1)}", key in required)
             for key, sub in properties.items()
-        }
-        must = [pairs[k] for k in properties if k in required]
-        optional = [pairs[k] for k in properties if k not in required]
+        ]
         if extra is not False:
             value = self._visit({} if extra is True else extra, f"{name}-extra-value", depth + 1)
             kv = self._add(f"{name}-extra-kv", f'{self._primitive("string")} ":" space {value}')
-            optional.append(self._add(f"{name}-extra-kvs", f'{kv} ("," space {kv})*'))
-        body = ' "," space '.join(must)
-        if optional:
-            # Optional members in order, any subset: one alternative per first member present.
-            alternatives = [
-                " ".join([optional[i], *(f'("," space {o})?' for o in optional[i + 1:])])
-                for i in range(len(optional))
-            ]
-            choice = self._add(f"{name}-optional", " | ".join(alternatives))
-            body = f'{body} ("," space {choice})?' if must else f"({choice})?"
-        return f'"{{" {space} {body} "}}" {space}'
+            members.append(("extra", self._add(f"{name}-extra-kvs", f'{kv} ("," space {kv})*'), False))
+        return f'"{{" {space} {self._members(members, name)} "}}" {space}'
+
+    def _members(self, members: list[tuple[str, str, bool]], name: str) -> str:
+        """(key, key-value, required) members in order, every required one, "," between those present.
+        Linear, where spelling out each subset is quadratic: rule `key-rest` is the members from `key`
+        on once one was written (each present one after a ","), so the body only picks which member
+        comes first, up to the first required one; past that the members are a fixed sequence."""
+        if not members:
+            return ""
+        items = [f'"," space {kv}' if needed else f'("," space {kv})?' for _, kv, needed in members]
+        first = next((i for i, (_, _, needed) in enumerate(members) if needed), len(members) - 1)
+        rest = " ".join(items[first + 1:])
+        starts = []
+        for i in range(first, -1, -1):
+            starts.append(f"{members[i][1]} {rest}".strip())
+            if i:
+                rest = self._add(f"{name}-{members[i][0]}-rest", f"{items[i]} {rest}".strip())
+        choice = " | ".join(reversed(starts))
+        if members[first][2]:
+            return choice if len(starts) == 1 else f"({choice})"
+        return f"({choice})?"
 
 
 def _implied_type(schema: dict) -> str | None:

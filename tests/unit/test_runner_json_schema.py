@@ -1,10 +1,15 @@
 """JSON Schema -> GBNF: counts become bounded repetition (maxLength 5000 included), unsupported
 keywords are named, and for random schemas llama.cpp compiles the grammar and every answer it lets
-through validates against the schema (property test with hypothesis, on the tiny GGUF's vocabulary)."""
+through validates against the schema (property test with hypothesis, on the tiny GGUF's vocabulary).
+An object's grammar accepts exactly its members in order with the required ones, in size linear in
+them; a schema past a bound (bytes, spelt-out repetitions, optional members, CPU time) is refused,
+and waiting for the conversion pool never counts against a request's time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 
 import jsonschema
@@ -14,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner import grammars
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
-from modelrunner.runner.json_schema_gbnf import UnsupportedSchema, schema_to_gbnf
+from modelrunner.runner.json_schema_gbnf import MAX_GBNF_BYTES, MAX_OPTIONAL, UnsupportedSchema, schema_to_gbnf
+from modelrunner.v1 import runner_pb2
 
 EOS = 2  # the tiny GGUF's </s>; its other tokens are the bytes 3..255, token id = byte value
 QUOTE = ord('"')
@@ -51,6 +58,25 @@ def generate(model, gbnf: str, rng: np.random.Generator, bias: dict[int, float],
         return None
     finally:
         grammar.close()
+
+
+def accepts(model, gbnf: str, text: str) -> bool:
+    """Whether the grammar allows exactly `text` (ASCII: one token per byte), then the end."""
+    grammar = model.grammar(gbnf)
+    try:
+        for byte in text.encode():
+            if not grammar.allows(byte):
+                return False
+            grammar.accept(byte)
+        return grammar.allows(EOS)
+    finally:
+        grammar.close()
+
+
+def booleans(n: int, required: bool = False, width: int = 0) -> dict:
+    """An object of n boolean properties, names padded to `width` characters."""
+    names = [f"p{i}".rjust(width, "0") for i in range(n)]
+    return {"type": "object", "properties": {k: {"type": "boolean"} for k in names}, "required": names if required else []}
 
 
 def test_max_length_5000_is_bounded_repetition_that_llama_cpp_compiles_and_enforces(model):
@@ -157,3 +183,81 @@ def test_every_answer_a_schema_grammar_allows_validates(model, schema, seed):
     answer = generate(model, gbnf, np.random.default_rng(seed), closers, 400)
     if answer is not None:
         jsonschema.validate(json.loads(answer), schema)
+
+
+MEMBER_KEYS = ["a", "b", "", "x y", 'q"', "p1", "p10"]  # "" was once named "root", the grammar's own rule
+MEMBER_VALUES = {"boolean": True, "null": None, "integer": -3, "string": "s"}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_an_object_grammar_accepts_exactly_its_members_in_order_with_the_required_ones(model, data):
+    keys = data.draw(st.lists(st.sampled_from(MEMBER_KEYS), unique=True, max_size=5), "keys")
+    kinds = {k: data.draw(st.sampled_from(sorted(MEMBER_VALUES))) for k in keys}
+    subsets = st.lists(st.sampled_from(keys), unique=True) if keys else st.just([])
+    required = data.draw(subsets, "required")
+    gbnf = schema_to_gbnf(json.dumps({"type": "object", "properties": {k: {"type": kinds[k]} for k in keys}, "required": required}))
+    for _ in range(4):
+        present = data.draw(subsets, "present")
+        if data.draw(st.booleans(), "in declared order"):
+            present.sort(key=keys.index)
+        separators = data.draw(st.sampled_from([(", ", ": "), (",", ":")]))
+        answer = json.dumps({k: MEMBER_VALUES[kinds[k]] for k in present}, separators=separators)
+        legal = set(required) <= set(present) and present == sorted(present, key=keys.index)
+        assert accepts(model, gbnf, answer) == legal, answer
+
+
+def test_optional_members_grow_the_grammar_linearly():
+    """Spelling out which subset is present was quadratic: 2400 booleans made 77 MB of GBNF."""
+    small, large = (len(schema_to_gbnf(json.dumps(booleans(n)))) for n in (MAX_OPTIONAL // 2, MAX_OPTIONAL))
+    assert large < 2.2 * small
+
+
+def test_thousands_of_required_members_compile_and_are_enforced(model):
+    schema = booleans(2400, required=True)
+    gbnf = schema_to_gbnf(json.dumps(schema))
+    assert len(gbnf) < 100 * 2400
+    whole = {k: True for k in schema["properties"]}
+    assert accepts(model, gbnf, json.dumps(whole))
+    del whole["p1234"]
+    assert not accepts(model, gbnf, json.dumps(whole))
+
+
+@pytest.mark.parametrize(
+    "schema, keyword, words",
+    [
+        (booleans(2400), "required", f"leaves 2400 properties optional; at most {MAX_OPTIONAL}"),
+        (booleans(2000, required=True, width=600), "json_schema", f"too large: its grammar passes {MAX_GBNF_BYTES} bytes"),
+        ({"enum": ["x" * 5000] * 250}, "json_schema", "too large"),
+        ({"type": ["object"] * 100, "properties": {"k" * 10**5: {}}, "required": ["k" * 10**5]}, "json_schema", "too large"),
+        ({"type": "object", "properties": {f"s{i}": {"type": "string", "maxLength": 2000} for i in range(1000)},
+          "required": [f"s{i}" for i in range(1000)]}, "json_schema", "maxLength - minLength"),
+    ],
+    ids=["2400-optional", "long-names", "long-enum", "type-copies", "1000-length-ranges"],
+)
+def test_schemas_past_a_bound_are_refused_naming_what_to_simplify(schema, keyword, words):
+    with pytest.raises(UnsupportedSchema) as err:
+        schema_to_gbnf(json.dumps(schema))
+    assert err.value.keyword == keyword and words in str(err.value)
+
+
+def test_the_time_limit_is_the_conversions_own_cpu_time():
+    with pytest.raises(UnsupportedSchema, match="took more than 1e-06 s to convert"):
+        schema_to_gbnf(json.dumps(booleans(2000, required=True)), time_limit_s=1e-6)
+
+
+async def test_waiting_for_the_pool_does_not_count_against_a_request(model, monkeypatch):
+    """Two big schemas held both pool threads past the limit, and a third client's json_object was the
+    one refused: the limit now starts when the conversion does."""
+    monkeypatch.setattr(grammars, "CONVERT_TIME_LIMIT_S", 0.05)
+    release = threading.Event()
+    busy = [grammars._pool.submit(release.wait) for _ in range(2)]
+    try:
+        fmt = runner_pb2.ResponseFormat(type="json_schema", json_schema='{"type": "object", "title": "queued"}')
+        pending = asyncio.create_task(grammars.grammar_for(fmt, model))
+        await asyncio.sleep(0.3)  # queued for six times the limit
+        assert not pending.done()
+    finally:
+        release.set()
+    (await pending).close()
+    assert all(b.result() for b in busy)
