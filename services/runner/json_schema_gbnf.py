@@ -28,7 +28,7 @@ MAX_GBNF_BYTES = 1 << 20  # llama.cpp compiles 1 MiB in ~0.3 s, ~10 MB; the Runn
 MAX_EXPANSION = 100_000  # rules llama.cpp writes out for x{m,n} (n - m each): ~200 bytes, 0.5 us apiece
 MAX_OPTIONAL = 128  # per object: each is a path llama.cpp checks the vocabulary against at every step
 MAX_NAME = 40  # a rule name's characters: names built from nested keys must not grow with depth
-MAX_LITERALS = 1024  # enum values, and integers of a bounded range spelt out
+MAX_LITERALS = 1024  # enum values
 MAX_INT_DIGITS = 16
 
 ANNOTATIONS = frozenset({
@@ -353,23 +353,11 @@ class _Converter:
         low, high = _int_bound(schema, "minimum", "exclusiveMinimum", 1), _int_bound(schema, "maximum", "exclusiveMaximum", -1)
         if low is None and high is None:
             return self._primitive("integer")
-        space = self._primitive("space")
-        if low is not None and high is not None:
-            if high < low:
-                raise UnsupportedSchema("maximum", f"{high} is less than minimum {low}")
-            if high - low < MAX_LITERALS:
-                return " | ".join(literal(str(v)) for v in range(low, high + 1)) + f" {space}"
-        if low is not None and high is None and 0 <= low < 10 ** 3:
-            # low..(10^d - 1) spelt out, then every integer with more digits than low has.
-            digits = len(str(low))
-            self._expand(MAX_INT_DIGITS - 1 - digits)
-            spelt = " | ".join(literal(str(v)) for v in range(low, 10 ** digits))
-            return f'({spelt} | [1-9] [0-9]{{{digits},{MAX_INT_DIGITS - 1}}}) {space}'
-        keyword = "maximum" if low is None else "minimum"
-        raise UnsupportedSchema(
-            keyword,
-            f"integer bounds are supported as a range of at most {MAX_LITERALS} values or a minimum from 0 to 999",
-        )
+        if low is not None and high is not None and high < low:
+            raise UnsupportedSchema("maximum", f"{high} is less than minimum {low}")
+        unbounded = 10 ** MAX_INT_DIGITS - 1  # what the plain integer rule spells, at most
+        return f"({integer_range(-unbounded if low is None else low, unbounded if high is None else high)}) " \
+               f"{self._primitive('space')}"
 
     def _array(self, schema: dict, name: str, depth: int) -> str:
         space = self._primitive("space")
@@ -446,6 +434,64 @@ def _implied_type(schema: dict) -> str | None:
         if KEYWORDS[kind] & schema.keys():
             return kind
     return "number" if KEYWORDS["integer"] & schema.keys() else None
+
+
+def integer_range(low: int, high: int) -> str:
+    """GBNF for the integers from low to high (JSON's spelling: no leading zeros, no "-0"), digit by
+    digit: a few alternatives per digit, where spelling the values out gave llama.cpp's sampler a path
+    per value to check every token against (0..1000: over a second a masked step with Gemma)."""
+    parts = []
+    if low < 0:
+        parts.append(f'"-" ({_natural_range(max(1, -high), -low)})')
+    if high >= 0:
+        parts.append(_natural_range(max(0, low), high))
+    return " | ".join(parts)
+
+
+def _natural_range(low: int, high: int) -> str:
+    """The numbers from low to high (0 <= low <= high), grouped by their count of digits; whole groups
+    (every n-digit number) merge into one repetition."""
+    parts = []
+    n = len(str(low))
+    while n <= len(str(high)):
+        first, last = (0 if n == 1 else 10 ** (n - 1)), 10 ** n - 1
+        start, end = max(low, first), min(high, last)
+        if n > 1 and start == first and end == last:
+            m = n
+            while m + 1 <= len(str(high)) and high >= 10 ** (m + 1) - 1:
+                m += 1
+            parts.append(f"[1-9] [0-9]{{{n - 1},{m - 1}}}" if m > n else f"[1-9] [0-9]{{{n - 1}}}")
+            n = m + 1
+            continue
+        parts.append(_same_length_range(str(start), str(end)))
+        n += 1
+    return " | ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
+
+
+def _same_length_range(a: str, b: str) -> str:
+    """The digit strings of a's length from a to b (a <= b)."""
+    if a == b:
+        return f'"{a}"'
+    if len(a) == 1:
+        return f"[{a}-{b}]"
+    if a[0] == b[0]:
+        return f'"{a[0]}" ({_same_length_range(a[1:], b[1:])})'
+    rest = len(a) - 1
+    low_first, high_first = int(a[0]), int(b[0])
+    parts = []
+    if a[1:] != "0" * rest:  # a's first digit with only part of the rest
+        parts.append(f'"{a[0]}" ({_same_length_range(a[1:], "9" * rest)})')
+        low_first += 1
+    tail = None
+    if b[1:] != "9" * rest:
+        tail = f'"{b[0]}" ({_same_length_range("0" * rest, b[1:])})'
+        high_first -= 1
+    if low_first <= high_first:
+        digit = f'"{low_first}"' if low_first == high_first else f"[{low_first}-{high_first}]"
+        parts.append(f"{digit} [0-9]{{{rest}}}")
+    if tail is not None:
+        parts.append(tail)
+    return " | ".join(parts)
 
 
 def _int_bound(schema: dict, inclusive: str, exclusive: str, step: int) -> int | None:
