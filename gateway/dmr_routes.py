@@ -20,7 +20,7 @@ from modelrunner.gateway.errors import APIError, from_upstream
 from modelrunner.gateway.middleware import accepts
 from modelrunner.gateway.openai_models import check_json
 from modelrunner.gateway.settings import GatewayOptions
-from modelrunner.gateway.streaming import ClosingStreamingResponse, json_line, peek
+from modelrunner.gateway.streaming import ClosingStreamingResponse, cancel_on_disconnect, json_line, peek
 from modelrunner.gateway.transcoding import HttpRoute, build_request, openapi_operation, routes_of
 from modelrunner.v1 import distribution_pb2, runner_pb2, store_pb2
 
@@ -84,10 +84,11 @@ def _answer(route: HttpRoute, reply) -> object:
 
 
 async def _progress(request: Request, service: Service, route: HttpRoute, message) -> Response:
-    """Pull/push progress as JSON lines; an error before the first line keeps its HTTP status."""
+    """Pull/push progress as JSON lines; an error before the first line keeps its HTTP status. A client
+    that goes away before that line (a registry slow to answer) cancels the transfer, as after it."""
     stream = service.stream(route.method.name, message)
     try:
-        first, rest = await peek(stream)
+        first, rest = await cancel_on_disconnect(request, peek(stream))
     except UpstreamError as error:
         raise from_upstream(error) from None
 

@@ -4,6 +4,11 @@ open, and the listings (/api/ps, /engines/ps) still answer afterwards."""
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
+
 import grpc
 import httpx
 import ollama
@@ -176,3 +181,64 @@ def test_repeat_penalty_past_the_runners_range_is_named_by_the_gateway(oai, olm)
     assert refused.value.status_code == 400 and refused.value.error.startswith("options.repeat_penalty")
     answer = oai.chat.completions.create(model="ai/tiny", messages=HI, max_tokens=1, extra_body={"repeat_penalty": 10})
     assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+# a client that leaves a pull ------------------------------------------------------------------------
+
+class SilentRegistry:
+    """Plain HTTP that answers `GET /v2/` and then never answers again: a registry slow to send its
+    manifest. Counts the requests it is holding (their connections open)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.holding = threading.Semaphore(0)
+        self.held = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = conn.recv(4096)
+            if not head.startswith(b"GET ") and not head.startswith(b"HEAD "):
+                return  # a TLS hello: closed, so the client falls back to plain HTTP
+            if head.split(b" ", 2)[1] in (b"/v2/", b"/v2"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                return
+            with self.lock:
+                self.held += 1
+            self.holding.release()
+            while conn.recv(4096):
+                pass
+        with self.lock:
+            self.held -= 1
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(("path", "field"), [("/models/create", "from"), ("/api/pull", "model")])
+def test_a_client_leaving_before_the_first_progress_line_cancels_the_pull(stack: Stack, path: str, field: str):
+    """Before the fix /models/create kept the Distribution waiting on the registry for a pull nobody read."""
+    registry = SilentRegistry()
+    try:
+        body = json.dumps({field: f"{registry.address}/ai/slow"}).encode()
+        client = socket.create_connection(("127.0.0.1", int(stack.url.rsplit(":", 1)[1])))
+        client.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert registry.holding.acquire(timeout=60), "the pull never asked the registry for its manifest"
+        client.close()  # the client gives up before any progress line
+        deadline = time.monotonic() + 50  # the Distribution's own read timeout is 60 s
+        while registry.held and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert registry.held == 0, "the Distribution still waits on the registry for a pull nobody reads"
+    finally:
+        registry.close()
