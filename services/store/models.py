@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from modelrunner.common.artifact_config import config_problem
 from modelrunner.common.oci import Manifest, parse_manifest
 from modelrunner.store.blobs import BlobStore
 from modelrunner.store.index import Entry, Index
@@ -96,7 +97,7 @@ class ModelStore:
         if digest not in self._configs:
             try:
                 doc = json.loads(self.layout.blob(digest).read_bytes())
-            except (FileNotFoundError, ValueError):
+            except (FileNotFoundError, ValueError, RecursionError):
                 return {}
             self._configs[digest] = doc if isinstance(doc, dict) else {}
         return self._configs[digest]
@@ -184,6 +185,7 @@ class ModelStore:
                     raise invalid(
                         f"manifest says blob {blob.digest} has {blob.size} bytes, the stored blob has {stat.size}"
                     )
+            self._check_config(manifest)
             digest = await self.blobs.put_bytes(raw)
 
             def change(entries: tuple[Entry, ...]) -> list[Entry]:
@@ -195,6 +197,16 @@ class ModelStore:
             await self._mutate(change)
             self.blobs.release([digest, *(b.digest for b in manifest.blobs)])
         return digest
+
+    def _check_config(self, manifest: Manifest) -> None:
+        """Refuses a config the listing would show only in part (it reads a wrongly typed field as empty)."""
+        try:
+            doc = json.loads(self.layout.blob(manifest.config.digest).read_bytes())
+        except (ValueError, RecursionError):
+            raise invalid(f"the model's config {manifest.config.digest} is not JSON") from None
+        problem = config_problem(doc)
+        if problem:
+            raise invalid(f"the model's config: {problem}")
 
     async def tag(self, source: str, repo: str, tag: str) -> tuple[str, str]:
         """Points repo:tag at the model `source` names; returns (new tag, model id)."""
