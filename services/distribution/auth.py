@@ -29,6 +29,7 @@ from modelrunner.distribution.credentials import ENV_PASSWORD, ENV_USER, Credent
 
 TOKEN_MARGIN_S = 30
 CLIENT_ID = "modelrunner"  # the OAuth2 client_id sent with an identity token
+VISIBLE_ASCII = ("!", "~")  # the characters a token may have (RFC 6750's b64token is a subset)
 
 
 def login_hint(registry: str) -> str:
@@ -37,11 +38,11 @@ def login_hint(registry: str) -> str:
 
 
 class RegistryAuth:
-    """The Authorization header for one registry and one set of scopes; `target` vets a realm's URL."""
+    """The Authorization header for one registry and one set of scopes; `target` parses and vets a realm's URL."""
 
     def __init__(
         self, registry: str, credentials: Credentials | None, scopes: list[str],
-        target: Callable[[httpx.URL, str], httpx.URL],
+        target: Callable[[str, str], httpx.URL],
     ) -> None:
         self.registry = registry
         self.credentials = credentials
@@ -92,7 +93,7 @@ class RegistryAuth:
         params: list[tuple[str, str]] = [("scope", s) for s in scopes]
         if parsed.service:
             params.append(("service", parsed.service))
-        realm = self.target(httpx.URL(parsed.realm), "its token service")
+        realm = self.target(parsed.realm, "its token service")
         if self.credentials is not None and self.credentials.identity_token:
             form = {"grant_type": "refresh_token", "refresh_token": self.credentials.password,
                     "client_id": CLIENT_ID, "scope": " ".join(scopes)}
@@ -120,6 +121,14 @@ class RegistryAuth:
         token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
         if not token or not isinstance(token, str):
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, f"token service of registry {self.registry} sent no token")
+        if not all(VISIBLE_ASCII[0] <= c <= VISIBLE_ASCII[1] for c in token):
+            # A header carries visible ASCII only: anything else would fail in httpx (a UnicodeEncodeError, a
+            # LocalProtocolError for a CRLF) or, worse, smuggle a header in.
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"token service of registry {self.registry} sent a token with characters no Authorization header "
+                "can carry (only visible ASCII may be); it was not used",
+            )
         self._token = token
         expires = answer.get("expires_in")
         self._token_expiry = time.monotonic() + max(60, expires if isinstance(expires, int) else 60) - TOKEN_MARGIN_S
@@ -138,7 +147,7 @@ class RegistryAuth:
                         f"{where} answered with Content-Encoding {encoded(response.headers)} although identity was "
                         "asked; it is not decompressed",
                     )
-                return 200, await read_body(response, MAX_ERROR_BYTES)
+                return 200, await read_body(response, MAX_ERROR_BYTES, f"the answer of the {where}")
             finally:
                 await response.aclose()
         except BodyTooLarge:

@@ -20,7 +20,7 @@ import httpx
 from modelrunner.common.errors import ServiceError
 from modelrunner.common.oci import Blob
 from modelrunner.distribution.progress import LayerCounter
-from modelrunner.distribution.registry import RegistryClient, TransferError, backoff
+from modelrunner.distribution.registry import RegistryClient, TransferError, backoff, describe
 from modelrunner.distribution.store_client import BlobSink
 
 log = logging.getLogger(__name__)
@@ -89,17 +89,16 @@ async def _attempt(
     offset: int,
     hasher: _Hasher,
 ) -> None:
-    try:
-        response = await client.open_blob(repository, blob.digest, offset)
-    except ServiceError as exc:
-        if exc.code == grpc.StatusCode.UNAVAILABLE:
-            raise TransferError(exc.message) from None
-        raise
+    # A ServiceError here is final: open_blob's requests already retried what may pass (broken connections,
+    # 5xx), and retrying a redirect loop, a bad URL or a refused token cannot help.
+    response = await client.open_blob(repository, blob.digest, offset)
     try:
         skip = offset if response.status_code == 200 else 0  # the registry ignored Range
         if response.status_code == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
             raise ServiceError(
-                grpc.StatusCode.UNKNOWN, f"registry {client.registry} answered a ranged read of {blob.digest} with the wrong range"
+                grpc.StatusCode.UNAVAILABLE,
+                f"registry {client.registry} answered a read of {blob.digest} from byte {offset} with Content-Range "
+                f"{response.headers.get('Content-Range', '(none)')[:100]!r}; nothing of it was kept",
             )
         check = _Check()
         try:
@@ -162,6 +161,6 @@ async def _verified(
             if position == blob.size:
                 break
     except (httpx.TransportError, httpx.StreamError) as exc:
-        raise TransferError(type(exc).__name__) from exc
+        raise TransferError(describe(exc)) from exc
     if position < blob.size:
         raise TransferError(f"connection closed after {position} of {blob.size} bytes")

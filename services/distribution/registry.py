@@ -166,7 +166,7 @@ class RegistryClient:
             )
         return ServiceError(
             grpc.StatusCode.UNAVAILABLE,
-            f"registry {self.registry} is unreachable ({type(exc).__name__}); check the name and the network",
+            f"registry {self.registry} is unreachable ({describe(exc)}); check the name and the network",
         )
 
     async def _probe(self) -> None:
@@ -187,8 +187,11 @@ class RegistryClient:
     def url(self, path: str) -> httpx.URL:
         return httpx.URL(urljoin(self.base + "/", path.lstrip("/")) if not path.startswith("http") else path)
 
-    def target(self, url: httpx.URL, what: str) -> httpx.URL:
-        """`url` if this client may send to it: https, or http to a host the operator allows it."""
+    def target(self, location: str | httpx.URL, what: str, *, base: httpx.URL | None = None) -> httpx.URL:
+        """`location` (relative to `base`) parsed, if this client may send to it: https, or http to a host
+        the operator allows it. Every URL a registry gives (redirects, upload locations, token realms)
+        comes through here, so a bad one is a status naming it, never an httpx or socket error."""
+        url = _registry_url(location, base, f"registry {self.registry} sent {what}")
         if url.scheme == "https" or (url.scheme == "http" and self.options.may_use_http(_authority(url))):
             return url
         raise ServiceError(
@@ -215,7 +218,7 @@ class RegistryClient:
             if response.status_code not in REDIRECT_STATUSES or not location or method not in ("GET", "HEAD"):
                 return response
             await response.aclose()
-            url = self.target(httpx.URL(urljoin(str(url), location)), "a redirect")
+            url = self.target(location, "a redirect", base=url)
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"registry {self.registry} redirected more than {MAX_REDIRECTS} times")
 
     async def request(
@@ -229,7 +232,8 @@ class RegistryClient:
             limit = min(limit, MAX_ERROR_BYTES)
         try:
             try:
-                body = b"" if method == "HEAD" else await read_body(response, limit)  # HEAD declares, sends none
+                slow = f"{what or f'the answer to {method} {path}'} from registry {self.registry}"
+                body = b"" if method == "HEAD" else await read_body(response, limit, slow)  # HEAD declares, sends none
                 oversized = False
             except BodyTooLarge:
                 if response.status_code < 400:
@@ -260,11 +264,11 @@ class RegistryClient:
                 response = await self.http.send(request, stream=True)
             except httpx.TransportError as exc:
                 if not replayable:
-                    raise TransferError(f"{type(exc).__name__}") from exc
+                    raise TransferError(describe(exc)) from exc
                 attempt += 1
                 if attempt >= MAX_ATTEMPTS:
                     raise self.unavailable(exc) from None
-                log.info("registry request failed, retrying", extra={"fields": {"registry": self.registry, "error": type(exc).__name__}})
+                log.info("registry request failed, retrying", extra={"fields": {"registry": self.registry, "error": describe(exc)}})
                 await asyncio.sleep(backoff(attempt))
                 continue
             if response.status_code == 401 and home and replayable and challenges < 2:
@@ -299,7 +303,11 @@ class RegistryClient:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: not found{detail}")
         if status == 416:
             raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"{what}: range not satisfiable{detail}")
-        raise ServiceError(grpc.StatusCode.UNKNOWN, f"{what}: registry {self.registry} answered HTTP {status}{detail}")
+        # UNAVAILABLE (503), as gRPC's own HTTP mapping has an upstream's unexpected answer: the registry
+        # did not serve this, and the message says what it answered (UNKNOWN would be an HTTP 500, our bug).
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE, f"{what}: registry {self.registry} answered HTTP {status}, unexpected here{detail}"
+        )
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -346,11 +354,12 @@ class RegistryClient:
         if response.status_code in (200, 206):
             return response
         try:
-            body, oversized = await read_body(response, MAX_ERROR_BYTES), False
+            what = f"an error about blob {digest} from registry {self.registry}"
+            body, oversized = await read_body(response, MAX_ERROR_BYTES, what), False
         except BodyTooLarge:
             body, oversized = b"", True
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise TransferError(type(exc).__name__) from exc
+            raise TransferError(describe(exc)) from exc
         finally:
             await response.aclose()
         answer = Answer(response.status_code, response.headers, response.request.url, body, oversized)
@@ -413,22 +422,48 @@ class RegistryClient:
         """The upload session's URL; on another host it gets no credential (_send), over http only if allowed."""
         location = answer.headers.get("Location")
         if not location:
-            raise ServiceError(grpc.StatusCode.UNKNOWN, f"registry {self.registry} sent no upload location")
-        return str(self.target(httpx.URL(urljoin(str(answer.url), location)), "an upload location"))
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"registry {self.registry} sent no upload location")
+        return str(self.target(location, "an upload location", base=answer.url))
+
+
+def describe(exc: BaseException) -> str:
+    """An error in a message: its type and its own words (a TransferError's words say what broke)."""
+    text = str(exc)[:300]
+    if isinstance(exc, TransferError) or not text:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _reachable_url(text: str | httpx.URL, base: httpx.URL | None = None) -> httpx.URL:
+    """`text` (relative to `base`) as a URL a connection can be opened to; ValueError saying why not (a
+    bad port, an IP address that is none, a punycode label that does not decode), which would otherwise
+    fail deep in httpx or the socket layer as an error no status maps."""
+    try:
+        url = base.join(text) if base is not None else httpx.URL(text)
+        url.host  # reading it decodes a punycode host, which raises for a label that is none
+    except (httpx.InvalidURL, UnicodeError) as exc:  # idna's errors are UnicodeErrors
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if url.port is not None and not 0 < url.port <= MAX_PORT:  # connecting would raise OverflowError
+        raise ValueError(f"the port must be 1 to {MAX_PORT}")
+    return url
+
+
+def _registry_url(text: str | httpx.URL, base: httpx.URL | None, what: str) -> httpx.URL:
+    """A URL the registry gave; UNAVAILABLE naming it when none can be reached (the registry is broken)."""
+    try:
+        return _reachable_url(text, base)
+    except ValueError as exc:
+        raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"{what} {str(text)[:200]!r}, which is unusable: {exc}") from None
 
 
 def _base_url(host: str) -> str:
-    """`https://host`; INVALID_ARGUMENT where no URL can reach `host` (a bad port, an IP address that is
-    none, a punycode label that does not decode), which would otherwise fail deep in httpx as an error no
-    status maps. A parsed reference never names such a host (names.py): this backs that up."""
+    """`https://host`; INVALID_ARGUMENT where no URL can reach `host`. A parsed reference never names such
+    a host (names.py): this backs that up."""
     base = f"https://{host}"
     try:
-        url = httpx.URL(base)
-        url.host  # reading it decodes a punycode host, which raises for a label that is none
-    except (httpx.InvalidURL, UnicodeError) as exc:  # idna's errors are UnicodeErrors
+        _reachable_url(base)
+    except ValueError as exc:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"registry {host!r} is not a valid host ({exc})") from None
-    if url.port is not None and not 0 < url.port <= MAX_PORT:  # connecting would raise OverflowError
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"registry {host!r}: the port must be 1 to {MAX_PORT}")
     return base
 
 
