@@ -25,10 +25,23 @@ CONVERT_TIME_LIMIT_S = 10.0
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
 def gbnf_for_schema(schema_text: str) -> str:
-    """The GBNF of a schema, cached (blocking: call it in the pool)."""
-    return schema_to_gbnf(schema_text, CONVERT_TIME_LIMIT_S)
+    """The GBNF of a schema (blocking: call it in the pool), cached, refusals included."""
+    converted = _converted(schema_text)
+    if isinstance(converted, str):
+        return converted
+    keyword, message = converted
+    raise UnsupportedSchema(keyword, message)  # a fresh one: a cached exception raised again keeps every traceback
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _converted(schema_text: str) -> str | tuple[str, str]:
+    """The GBNF, or the refusal's keyword and message: a schema that took its whole time limit to be
+    refused must not cost that again each time a client resends it, in a pool every schema shares."""
+    try:
+        return schema_to_gbnf(schema_text, CONVERT_TIME_LIMIT_S)
+    except UnsupportedSchema as exc:
+        return exc.keyword, str(exc).removeprefix(f"{exc.keyword}: ")
 
 
 async def grammar_for(fmt: runner_pb2.ResponseFormat, model: LoadedModel) -> Grammar | None:

@@ -283,3 +283,23 @@ def test_an_enum_accepts_exactly_its_values(model, values, probes):
     gbnf = schema_to_gbnf(json.dumps({"enum": values}))
     for text in values + probes:
         assert accepts(model, gbnf, json.dumps(text)) == (text in values), text
+
+
+def test_a_refused_schema_is_refused_from_the_cache_the_second_time(monkeypatch):
+    """A schema that cost its whole time limit to refuse must not cost it again when resent."""
+    from modelrunner.runner import grammars
+
+    calls = []
+    real = grammars.schema_to_gbnf
+
+    def counted(text: str, limit: float) -> str:
+        calls.append(text)
+        return real(text, limit)
+
+    monkeypatch.setattr(grammars, "schema_to_gbnf", counted)
+    schema = json.dumps({"type": "string", "pattern": "^refused-once$"})
+    for _ in range(3):
+        with pytest.raises(UnsupportedSchema) as err:
+            grammars.gbnf_for_schema(schema)
+        assert err.value.keyword == "pattern" and str(err.value).startswith("pattern: ")
+    assert calls == [schema]
