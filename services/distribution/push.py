@@ -67,6 +67,12 @@ async def upload_blob(
                 if lost.code != grpc.StatusCode.NOT_FOUND:
                     raise
                 offset, location = 0, await client.start_upload(repository) or location  # None only for a mount
+            if offset > blob.size:
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"registry {client.registry} says its upload of {blob.digest} holds {offset} bytes, more than "
+                    f"the blob's {blob.size}",
+                )
             counter.current = offset
     await client.finish_upload(location, blob.digest)
 

@@ -25,6 +25,7 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ LOOPBACK_NAMES = {"localhost"}
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
 MAX_PORT = 65535
+_HELD_RANGE = re.compile(r"(?:bytes=)?0-([0-9]{1,18})")  # an upload session's bytes, as the distribution spec says
 
 
 def is_loopback(registry: str) -> bool:
@@ -403,9 +405,17 @@ class RegistryClient:
         """How many bytes the upload session holds (to resume a broken PATCH), and its location."""
         answer = await self.request("GET", location)
         self.check(answer, f"upload status on {self.registry}", (204,))
-        held = answer.headers.get("Range", "")
-        end = int(held.rsplit("-", 1)[-1]) + 1 if "-" in held else 0
-        return end, self._location(answer)
+        held = answer.headers.get("Range", "").strip()
+        if not held:
+            return 0, self._location(answer)
+        match = _HELD_RANGE.fullmatch(held)
+        if match is None:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"registry {self.registry} answered the upload status with an unreadable Range {held[:64]!r} "
+                "(expected 0-<last byte>)",
+            )
+        return int(match.group(1)) + 1, self._location(answer)
 
     async def finish_upload(self, location: str, digest: str) -> None:
         separator = "&" if "?" in location else "?"

@@ -133,3 +133,29 @@ def test_model_manifest_accepts_model_media_types_and_names_the_others() -> None
     with pytest.raises(ServiceError) as layer:
         parse_model_manifest(manifest(mt.MODEL_CONFIG, "application/vnd.oci.image.layer.v1.tar"), D3, "model x")
     assert "application/vnd.oci.image.layer.v1.tar" in layer.value.message
+
+
+@pytest.mark.parametrize("held, offset", [(None, 0), ("0-1023", 1024), ("bytes=0-0", 1)])
+async def test_an_upload_status_range_is_read_strictly(held, offset) -> None:
+    code, _ = await _upload_status(held)
+    assert code == offset
+
+
+@pytest.mark.parametrize("held", ["0-abc", "bytes=5-9", "0-", "0-99999999999999999999999", "0--1"])
+async def test_an_unreadable_upload_status_range_is_the_registrys_error(held) -> None:
+    """A registry's garbage Range was a ValueError (500); it names the answer now."""
+    with pytest.raises(ServiceError) as error:
+        await _upload_status(held)
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE and "unreadable Range" in error.value.message
+
+
+async def _upload_status(held: str | None) -> tuple[int, str]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"Location": "/v2/x/blobs/uploads/1"} | ({"Range": held} if held is not None else {})
+        return httpx.Response(204, headers=headers, stream=httpx.ByteStream(b""))
+
+    async with RegistryClient("127.0.0.1:9", credentials=None, scopes=[], options=RegistryOptions()) as client:
+        await client.http.aclose()
+        client.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        client._probed = True
+        return await client.upload_offset("http://127.0.0.1:9/v2/x/blobs/uploads/1")
