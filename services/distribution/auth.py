@@ -156,4 +156,5 @@ class RegistryAuth:
                 f"{where} answered with more than {limit_text(MAX_ERROR_BYTES)} (the limit for a token)",
             ) from None
         except httpx.TransportError as exc:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"{where} is unreachable: {type(exc).__name__}") from None
+            cause = f"{type(exc).__name__}: {str(exc)[:300]}" if str(exc) else type(exc).__name__
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"{where} is unreachable ({cause})") from None
