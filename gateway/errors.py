@@ -146,6 +146,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"{field}: {message}" if field else message, param=field or None, code="invalid_value")
 
 
+OLLAMA_PREFIX = "/api/"  # Ollama's routes, whose clients read a plain-string error
+
+
 def install(app: FastAPI) -> None:
     """Registers the handlers that turn every failure into the OpenAI error body."""
 
@@ -162,9 +165,12 @@ def install(app: FastAPI) -> None:
         return validation_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return APIError(exc.status_code, message, headers=dict(exc.headers or {})).response()
+        error = APIError(exc.status_code, message, headers=dict(exc.headers or {}))
+        if request.url.path.startswith(OLLAMA_PREFIX):  # no route matched: still Ollama's {"error": "..."}
+            return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+        return error.response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -193,3 +193,9 @@ def test_gemma_by_the_names_ollama_users_type(client, stack, gemma_gguf):
     assert_timings(chat)
     assert client.show("gemma3").details.family == "gemma3"
     assert any(m.model == "ai/gemma3:latest" and m.details.parameter_size == "268.10M" for m in client.ps().models)
+
+
+def test_an_unknown_ollama_path_or_method_answers_in_ollamas_error_shape(stack: Stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        for reply in (http.get("/api/no-such-route"), http.get("/api/chat")):
+            assert reply.status_code in (404, 405) and isinstance(reply.json()["error"], str), reply.text
