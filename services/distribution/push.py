@@ -49,13 +49,14 @@ async def upload_blob(
     does: the offset signed into the upload URL no longer matches what it holds); the blob then starts
     over in a new session.
     """
-    offset, stalled = 0, 0
+    offset, stalled, furthest = 0, 0, 0
     while offset < blob.size:
         length = min(chunk, blob.size - offset)
         try:
             location = await client.upload_chunk(location, offset, length, _slice(source, blob.digest, offset, length, counter))
             offset += length
-            stalled = 0
+            if offset > furthest:  # progress only past the furthest point: a registry that loses what it
+                furthest, stalled = offset, 0  # took after each break would otherwise loop forever
         except TransferError as exc:
             stalled += 1
             if stalled >= MAX_STALLED_ATTEMPTS:

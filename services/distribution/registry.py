@@ -427,6 +427,14 @@ class RegistryClient:
             "PUT", f"/v2/{repository}/manifests/{reference}", headers={"Content-Type": media_type}, content=raw
         )
         self.check(answer, f"manifest {self.registry}/{repository}:{reference}", (201, 200))
+        stored = answer.headers.get("Docker-Content-Digest", "")
+        sent = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if stored.startswith("sha256:") and stored.lower() != sent:
+            raise ServiceError(
+                grpc.StatusCode.DATA_LOSS,
+                f"registry {self.registry} stored manifest {stored[:80]} for {repository}:{reference}, not the "
+                f"{sent} sent: the push did not land as sent",
+            )
 
     def _location(self, answer: Answer) -> str:
         """The upload session's URL; on another host it gets no credential (_send), over http only if allowed."""

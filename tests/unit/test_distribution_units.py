@@ -17,7 +17,10 @@ from modelrunner.distribution.credentials import Credentials, from_env, lookup
 from modelrunner.distribution.manifests import parse_model_manifest, pick_from_index
 from modelrunner.distribution.auth import RegistryAuth
 from modelrunner.distribution.bodies import BodyTooLarge, encoded, limit_text, read_body
-from modelrunner.distribution.registry import RegistryClient, RegistryOptions, is_loopback
+from modelrunner.common.oci import Blob
+from modelrunner.distribution import push
+from modelrunner.distribution.progress import LayerCounter
+from modelrunner.distribution.registry import RegistryClient, RegistryOptions, TransferError, is_loopback
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "abc")
 
@@ -159,3 +162,61 @@ async def _upload_status(held: str | None) -> tuple[int, str]:
         client.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
         client._probed = True
         return await client.upload_offset("http://127.0.0.1:9/v2/x/blobs/uploads/1")
+
+
+async def test_a_manifest_stored_under_another_digest_fails_the_push() -> None:
+    """A registry answering 201 with a Docker-Content-Digest that is not the sent manifest's did not
+    keep what was pushed; the push said success before."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, headers={"Docker-Content-Digest": "sha256:" + "0" * 64}, stream=httpx.ByteStream(b""))
+
+    async with RegistryClient("127.0.0.1:9", credentials=None, scopes=[], options=RegistryOptions()) as client:
+        await client.http.aclose()
+        client.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        client._probed = True
+        with pytest.raises(ServiceError) as error:
+            await client.put_manifest("x", "v1", b"{}", "application/vnd.oci.image.manifest.v1+json")
+    assert error.value.code == grpc.StatusCode.DATA_LOSS and "not the" in error.value.message
+
+
+class _LossyRegistry:
+    """Takes the first chunk, breaks on the second, then says it holds nothing: forever."""
+
+    registry = "lossy.example"
+
+    def __init__(self) -> None:
+        self.patches = 0
+
+    async def upload_chunk(self, location, offset, length, data):
+        async for _ in data:
+            pass
+        self.patches += 1
+        if offset > 0:
+            raise TransferError("HTTP 500")
+        return location
+
+    async def upload_offset(self, location):
+        return 0, location
+
+    def unavailable(self, exc):
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, f"registry lossy.example is unreachable ({exc})")
+
+
+class _Source:
+    async def read_all(self, digest, offset):
+        yield b"x" * 8
+
+    def read(self, digest, offset):
+        return self.read_all(digest, offset)
+
+
+async def test_a_registry_that_loses_each_chunk_after_a_break_ends_the_push(monkeypatch) -> None:
+    """A successful PATCH after the registry moved the offset back is no progress: the push gives up
+    after its stalled attempts instead of looping forever."""
+    monkeypatch.setattr(push, "backoff", lambda _n: 0)
+    client = _LossyRegistry()
+    blob = Blob("application/octet-stream", "sha256:" + "a" * 64, 16)
+    with pytest.raises(ServiceError) as error:
+        await push.upload_blob(client, "x", "/u", blob, _Source(), LayerCounter(blob.digest, 16), 8)
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE and client.patches <= 2 * push.MAX_STALLED_ATTEMPTS + 1
