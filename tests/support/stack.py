@@ -34,6 +34,7 @@ class Stack:
         self.env = {
             **os.environ,
             "MODELRUNNER_MODELS_DIR": str(workdir / "models"),
+            "MODELRUNNER_DATA_DIR": str(workdir / "data"),  # the Runner's settings too: never the user's
             "MODELRUNNER_STORE_ADDR": f"127.0.0.1:{self.ports['store']}",
             "MODELRUNNER_DISTRIBUTION_ADDR": f"127.0.0.1:{self.ports['distribution']}",
             "MODELRUNNER_RUNNER_ADDR": f"127.0.0.1:{self.ports['runner']}",
