@@ -36,6 +36,7 @@ import httpx
 from oras.defaults import default_manifest_accepted_media_types
 
 from modelrunner.common.errors import ServiceError
+from modelrunner.common.names import MAX_PORT
 from modelrunner.distribution.auth import RegistryAuth, login_hint
 from modelrunner.distribution.bodies import (
     MAX_ERROR_BYTES,
@@ -57,7 +58,6 @@ BACKOFF_MAX_S = 8.0
 LOOPBACK_NAMES = {"localhost"}
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
-MAX_PORT = 65535
 _HELD_RANGE = re.compile(r"(?:bytes=)?0-([0-9]{1,18})")  # an upload session's bytes, as the distribution spec says
 
 
@@ -428,7 +428,7 @@ class RegistryClient:
         )
         self.check(answer, f"manifest {self.registry}/{repository}:{reference}", (201, 200))
         stored = answer.headers.get("Docker-Content-Digest", "")
-        sent = "sha256:" + hashlib.sha256(raw).hexdigest()
+        sent = sha256_digest(raw)
         if stored.startswith("sha256:") and stored.lower() != sent:
             raise ServiceError(
                 grpc.StatusCode.DATA_LOSS,
