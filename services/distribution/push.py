@@ -5,6 +5,7 @@ then the manifest under its tag. Blobs stream from the Store in chunks: memory s
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -17,9 +18,11 @@ from modelrunner.distribution.context import Context
 from modelrunner.common.oci import Blob
 from modelrunner.distribution.manifests import parse_model_manifest
 from modelrunner.distribution.progress import LayerCounter, TransferProgress
-from modelrunner.distribution.registry import RegistryClient, TransferError, backoff
+from modelrunner.distribution.registry import RegistryClient, SessionLost, TransferError, backoff
 from modelrunner.distribution.store_client import BlobSource
 from modelrunner.distribution.tasks import run_all
+
+log = logging.getLogger(__name__)
 
 MAX_STALLED_ATTEMPTS = 6
 
@@ -43,7 +46,35 @@ async def upload_blob(
     client: RegistryClient, repository: str, location: str, blob: Blob, source: BlobSource, counter: LayerCounter,
     chunk: int,
 ) -> None:
-    """Chunked upload session: PATCHes with Content-Range, resumed from the registry's offset after a break.
+    """Uploads `blob` through the session at `location`; a session the registry loses (a 404 on its URL) is
+    started over once in a new one, as Docker's push retries a layer. Each start over sends the whole blob
+    again, so a second loss is the registry's failure: UNAVAILABLE naming its answer, never NOT_FOUND."""
+    try:
+        await _upload_session(client, repository, location, blob, source, counter, chunk)
+        return
+    except SessionLost as lost:
+        log.warning(
+            "registry lost an upload session, starting the blob over",
+            extra={"fields": {"registry": client.registry, "digest": blob.digest, "error": str(lost)}},
+        )
+    counter.current = 0
+    location = await client.start_upload(repository) or location  # None only for a mount
+    try:
+        await _upload_session(client, repository, location, blob, source, counter, chunk)
+    except SessionLost as again:
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the upload of blob {blob.digest} to {client.registry}/{repository} failed: {again}, the second "
+            "session of this blob it lost; retry the push",
+        ) from None
+
+
+async def _upload_session(
+    client: RegistryClient, repository: str, location: str, blob: Blob, source: BlobSource, counter: LayerCounter,
+    chunk: int,
+) -> None:
+    """Chunked upload session: PATCHes with Content-Range, resumed from the registry's offset after a break,
+    then the commit; raises SessionLost when the registry answers a PATCH or the commit with a 404.
 
     A registry that kept part of the broken PATCH may refuse the session from then on (docker-registry
     does: the offset signed into the upload URL no longer matches what it holds); the blob then starts
@@ -64,9 +95,7 @@ async def upload_blob(
             await asyncio.sleep(backoff(stalled))
             try:
                 offset, location = await client.upload_offset(location)
-            except ServiceError as lost:
-                if lost.code != grpc.StatusCode.NOT_FOUND:
-                    raise
+            except SessionLost:
                 offset, location = 0, await client.start_upload(repository) or location  # None only for a mount
             if offset > blob.size:
                 raise ServiceError(

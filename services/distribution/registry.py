@@ -124,6 +124,12 @@ class TransferError(Exception):
     """A streaming transfer broke in a way worth resuming (connection dropped, 5xx)."""
 
 
+class SessionLost(Exception):
+    """The registry answered 404 on an upload session it handed out: it lost the session (expired, or asked
+    of a node without it). Never NOT_FOUND, an HTTP 404 that reads as "no such model": the blob can start
+    over in a new session (push.py)."""
+
+
 class RegistryClient:
     """One registry, one repository's scopes. Use as an async context manager."""
 
@@ -148,6 +154,7 @@ class RegistryClient:
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
             follow_redirects=False,  # followed by hand: see _send
             headers={"User-Agent": "modelrunner-distribution", "Accept-Encoding": "identity"},
+            event_hooks={"response": [self._parse_redirect]},
         )
         self.auth = RegistryAuth(registry, credentials, scopes, self.target)
         self._host = host
@@ -201,6 +208,14 @@ class RegistryClient:
             f"registry {self.registry} sent {what} to {url.scheme}://{_authority(url)}, which this Distribution "
             "does not reach over plain HTTP (https only; loopback and MODELRUNNER_INSECURE_REGISTRIES may use http)",
         )
+
+    async def _parse_redirect(self, response: httpx.Response) -> None:
+        """A redirect's Location parsed before httpx does (it builds the next request even when not following
+        it): one no URL can be made of is the registry's error naming it, at once, not a RemoteProtocolError
+        that _send retries for seconds as if the connection had broken."""
+        location = response.headers.get("Location")
+        if response.status_code in REDIRECT_STATUSES and location:
+            _registry_url(location, response.request.url, f"registry {self.registry} sent a redirect")
 
     def _home(self, url: httpx.URL) -> bool:
         """Whether `url` is on the registry's own host, the only one its credential goes to."""
@@ -311,6 +326,13 @@ class RegistryClient:
             grpc.StatusCode.UNAVAILABLE, f"{what}: registry {self.registry} answered HTTP {status}, unexpected here{detail}"
         )
 
+    def check_session(self, answer: Answer, request: str, what: str, expected: tuple[int, ...]) -> None:
+        """`check` for a request on an upload session's URL, where a 404 is SessionLost naming the answer."""
+        if answer.status_code == 404:
+            detail = _registry_error(answer)
+            raise SessionLost(f"registry {self.registry} answered HTTP 404 to {request} of its upload session{detail}")
+        self.check(answer, what, expected)
+
     # -- reading --------------------------------------------------------------------------------
 
     async def get_manifest(self, repository: str, reference: str, *, accept: list[str] | None = None) -> ManifestData:
@@ -398,13 +420,13 @@ class RegistryClient:
         answer = await self.request("PATCH", location, headers=headers, content=body)
         if answer.status_code in RETRY_STATUSES:
             raise TransferError(f"HTTP {answer.status_code}")
-        self.check(answer, f"upload to {self.registry}", (202,))
+        self.check_session(answer, "a PATCH", f"upload to {self.registry}", (202,))
         return self._location(answer)
 
     async def upload_offset(self, location: str) -> tuple[int, str]:
         """How many bytes the upload session holds (to resume a broken PATCH), and its location."""
         answer = await self.request("GET", location)
-        self.check(answer, f"upload status on {self.registry}", (204,))
+        self.check_session(answer, "the status GET", f"upload status on {self.registry}", (204,))
         held = answer.headers.get("Range", "").strip()
         if not held:
             return 0, self._location(answer)
@@ -420,7 +442,7 @@ class RegistryClient:
     async def finish_upload(self, location: str, digest: str) -> None:
         separator = "&" if "?" in location else "?"
         answer = await self.request("PUT", f"{location}{separator}digest={digest}", content=b"")
-        self.check(answer, f"commit of blob {digest} on {self.registry}", (201,))
+        self.check_session(answer, "the commit PUT", f"commit of blob {digest} on {self.registry}", (201,))
 
     async def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> None:
         answer = await self.request(

@@ -1,19 +1,20 @@
-"""Pulls from a hostile registry (tests/support/hostile_registry.py) through the real Store and Distribution
-(and the gateway, where the HTTP status is the point): every nonsense answer ends the pull with a status
-that names it (never UNKNOWN, an HTTP 500 "Unexpected ..."), never a hang, and commits nothing."""
+"""Pulls from and pushes to a hostile registry (tests/support/hostile_registry.py) through the real Store and
+Distribution (and the gateway, where the HTTP status is the point): every nonsense answer ends the pull with
+a status that names it (never UNKNOWN, an HTTP 500 "Unexpected ..."), never a hang, and commits nothing."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 
-from modelrunner.v1 import store_pb2, store_pb2_grpc
-from tests.support.hostile_registry import HostileRegistry
-from tests.support.registry import pull
+from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
+from tests.support.hostile_registry import HostileRegistry, is_weights, of_mode
+from tests.support.registry import package, pull
 from tests.support.registry import Stack as GrpcStack
 from tests.support.stack import Stack
 
@@ -66,10 +67,19 @@ async def test_fields_of_the_wrong_json_type_are_named(stack, registry, mode: st
     ("realm_badurl", ["sent its token service 'http://[::1'", "not a valid URL"]),
     ("realm_badport", ["sent its token service 'http://127.0.0.1:99999/token'", "port must be 1 to 65535"]),
     ("redir_badport", ["sent a redirect 'http://127.0.0.1:99999/blob'", "port must be 1 to 65535"]),
-    ("redir_badurl", ["Invalid URL in location header"]),  # httpx refuses it before a redirect is followed
+    ("redir_badurl", ["sent a redirect 'http://[::1/blob'", "not a valid URL"]),
+    ("redir_badipv6", ["sent a redirect 'http://[zz::1]/blob'", "not a valid URL"]),
 ])
 async def test_tokens_realms_and_redirects_no_request_can_use(stack, registry, mode: str, words: list[str]) -> None:
     assert_names(await failed_pull(stack, registry, mode), grpc.StatusCode.UNAVAILABLE, *words)
+
+
+@pytest.mark.parametrize("mode", ["redir_badurl", "redir_badipv6", "redir_badport"])
+async def test_a_redirect_to_no_url_is_not_retried(stack, registry, mode: str) -> None:
+    """A malformed Location is no broken connection: httpx's refusal of it was retried for about 13 s."""
+    before = len(registry.seen)
+    await failed_pull(stack, registry, mode)
+    assert len([r for r in registry.seen[before:] if is_weights(mode, r)]) == 1
 
 
 @pytest.mark.parametrize(("mode", "words"), [
@@ -93,6 +103,54 @@ async def test_blob_failures_keep_their_cause(stack, registry, mode: str, code: 
 async def test_a_dripped_manifest_fails_at_the_deadline_rather_than_hanging(stack, registry) -> None:
     error = await failed_pull(stack, registry, "slowmanifest")
     assert_names(error, grpc.StatusCode.DEADLINE_EXCEEDED, "the manifest from registry", f"within {BODY_DEADLINE_S} s")
+
+
+# -- pushes: a registry that loses the upload sessions it handed out ---------------------------------
+
+@pytest.fixture(scope="module")
+def push_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcStack]:
+    """A stack of its own (the models packaged to push would show in the pull tests' empty Store), pushing
+    one blob at a time: the first to fail ends the push before another opens a session."""
+    stack = GrpcStack.start(tmp_path_factory.mktemp("push"), {**ENV, "MODELRUNNER_PULL_CONCURRENCY": "1"})
+    yield stack
+    stack.stop()
+
+
+async def push(stack: GrpcStack, gguf: Path, name: str) -> list:
+    """Packages `gguf` as `name` into the stack's Store and pushes it; every Progress message."""
+    await package(stack, gguf, name)
+    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
+        stub = distribution_pb2_grpc.DistributionStub(channel)
+        return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
+
+
+@pytest.mark.parametrize(("mode", "method", "request_name"), [
+    ("push_lose_patch", "PATCH", "a PATCH"),
+    ("push_lose_commit", "PUT", "the commit PUT"),
+])
+async def test_lost_upload_sessions_are_the_registry_s_failure_not_a_missing_model(
+    push_stack, registry, tiny_gguf: Path, mode: str, method: str, request_name: str
+) -> None:
+    """A 404 on an upload URL the registry handed out was NOT_FOUND (an HTTP 404: "your model was not
+    found"); each blob now starts over once in a new session, and a second loss names the registry's answer."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await push(push_stack, tiny_gguf, f"{registry.host}/{mode}/m:v1")
+    assert_names(error.value, grpc.StatusCode.UNAVAILABLE, f"answered HTTP 404 to {request_name} of its upload session",
+                 "BLOB_UPLOAD_UNKNOWN", "retry the push")
+    lost = of_mode(mode, registry.seen, method, "/uploads/")
+    assert len(of_mode(mode, registry.seen, "POST")) == len(lost) == 2  # the blob's session and one more
+    assert not of_mode(mode, registry.seen, "PUT", "/manifests/")
+
+
+async def test_an_upload_session_lost_once_starts_over_and_the_push_completes(
+    push_stack, registry, tiny_gguf: Path
+) -> None:
+    mode = "push_lose_once"
+    messages = await push(push_stack, tiny_gguf, f"{registry.host}/{mode}/m:v1")
+    assert messages[-1].type == "success"
+    commits = of_mode(mode, registry.seen, "PUT", "/uploads/")
+    assert len(of_mode(mode, registry.seen, "POST")) == len(commits) + 1  # one session more, for the lost one
+    assert len(of_mode(mode, registry.seen, "PUT", "/manifests/")) == 1
 
 
 # -- through the gateway: the HTTP status of an error that comes before any progress -------------------

@@ -2,8 +2,9 @@
 library tidies them up), served from a thread on a free 127.0.0.1 port.
 
 The repository's first segment picks the behaviour: a pull of `<host>/<mode>/m:v1` meets MODES[mode]
-(`/v2/<mode>/m/manifests/v1`, `/v2/<mode>/m/blobs/<digest>`); whatever a mode does not take over is
-served as a valid model whose weights are distinct per mode, so no pull finds them in the Store already.
+(`/v2/<mode>/m/manifests/v1`, `/v2/<mode>/m/blobs/<digest>`), and so does a push to it (the `push_*`
+modes); whatever a mode does not take over is served as a valid model whose weights are distinct per
+mode, so no pull finds them in the Store already. Every request is kept in `seen`, to count.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class HostileRegistry:
     drip_s: float = 0.5
     port: int = 0
     reads: dict[str, int] = field(default_factory=dict)  # blob reads of each mode's weights so far
+    seen: list[Request] = field(default_factory=list)  # every request, in order
 
     @property
     def host(self) -> str:
@@ -95,7 +97,8 @@ class HostileRegistry:
             method, path, _ = head[0].split(" ", 2)
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
             await reader.readexactly(int(headers.get("content-length") or 0))
-            await self._route(Request(method, path, headers), writer)
+            self.seen.append(Request(method, path, headers))
+            await self._route(self.seen[-1], writer)
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the client hung up, as it should on much of what is sent here
@@ -145,6 +148,11 @@ def weights(mode: str) -> bytes:
 
 def is_weights(mode: str, request: Request) -> bool:
     return request.kind == "blobs" and request.path.endswith(sha256_digest(weights(mode)))
+
+
+def of_mode(mode: str, requests: list[Request], method: str, part: str = "") -> list[Request]:
+    """The `method` requests on `mode`'s repository whose path holds `part`."""
+    return [r for r in requests if r.method == method and r.path.startswith(f"/v2/{mode}/m/") and part in r.path]
 
 
 # -- the modes: each answers what it takes over and returns True, else False (a valid model) -----------
@@ -223,6 +231,31 @@ async def slow_manifest(registry: HostileRegistry, name: str, request: Request, 
     return True
 
 
+UPLOAD_UNKNOWN = b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}'
+
+
+def losing_sessions(lose: Callable[[HostileRegistry, str, Request], bool]) -> Mode:
+    """A push taken (and dropped: nothing is kept) but where `lose` says so: that request on an upload
+    session is answered 404 BLOB_UPLOAD_UNKNOWN, as by a registry that lost the session it handed out."""
+    async def mode(registry: HostileRegistry, name: str, request: Request, writer: asyncio.StreamWriter) -> bool:
+        session = "/blobs/uploads/" in request.path
+        if request.method == "HEAD":  # no blob is there yet
+            writer.write(answer(404))
+        elif request.method == "POST" and session:
+            number = len(of_mode(name, registry.seen, "POST"))
+            writer.write(answer(202, headers={"Location": f"/v2/{name}/m/blobs/uploads/{number}"}))
+        elif session and lose(registry, name, request):
+            writer.write(answer(404, UPLOAD_UNKNOWN))
+        elif request.method == "PATCH" and session:
+            writer.write(answer(202, headers={"Location": request.path}))
+        elif request.method == "PUT":  # a blob's commit or the manifest
+            writer.write(answer(201))
+        else:
+            return False
+        return True
+    return mode
+
+
 ANY_DIGEST = sha256_digest(b"{}")
 TOKENS = {"unicode": "t\u00e9st\u2603", "crlf": "abc\r\nX-Evil: 1"}
 MODES: dict[str, Mode] = {
@@ -241,6 +274,7 @@ MODES: dict[str, Mode] = {
     "realm_badport": challenge(lambda r: "http://127.0.0.1:99999/token"),
     "redir_badport": on_weights(307, lambda m: "http://127.0.0.1:99999/blob"),
     "redir_badurl": on_weights(307, lambda m: "http://[::1/blob"),
+    "redir_badipv6": on_weights(307, lambda m: "http://[zz::1]/blob"),
     "redir_loop": on_weights(302, lambda m: f"/v2/{m}/m/blobs/{sha256_digest(weights(m))}"),
     # statuses and ranges a registry should not answer
     "status418": status_on_manifest,
@@ -248,4 +282,8 @@ MODES: dict[str, Mode] = {
     "badrange": bad_range,
     # a manifest dripped a byte at a time
     "slowmanifest": slow_manifest,
+    # pushes whose upload sessions the registry loses: each PATCH, each commit, or the first PATCH only
+    "push_lose_patch": losing_sessions(lambda r, m, request: request.method == "PATCH"),
+    "push_lose_commit": losing_sessions(lambda r, m, request: request.method == "PUT"),
+    "push_lose_once": losing_sessions(lambda r, m, request: of_mode(m, r.seen, "PATCH")[0] is request),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,7 @@ from modelrunner.distribution.bodies import BodyTooLarge, encoded, limit_text, r
 from modelrunner.common.oci import Blob
 from modelrunner.distribution import push
 from modelrunner.distribution.progress import LayerCounter
-from modelrunner.distribution.registry import RegistryClient, RegistryOptions, TransferError, is_loopback
+from modelrunner.distribution.registry import RegistryClient, RegistryOptions, SessionLost, TransferError, is_loopback
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "abc")
 
@@ -220,3 +221,94 @@ async def test_a_registry_that_loses_each_chunk_after_a_break_ends_the_push(monk
     with pytest.raises(ServiceError) as error:
         await push.upload_blob(client, "x", "/u", blob, _Source(), LayerCounter(blob.digest, 16), 8)
     assert error.value.code == grpc.StatusCode.UNAVAILABLE and client.patches <= 2 * push.MAX_STALLED_ATTEMPTS + 1
+
+
+def _mocked(answer) -> RegistryClient:
+    """A client of 127.0.0.1:9 whose every request `answer` (an httpx.Request -> httpx.Response) answers."""
+    client = RegistryClient("127.0.0.1:9", credentials=None, scopes=[], options=RegistryOptions())
+    client.http = httpx.AsyncClient(transport=httpx.MockTransport(answer), event_hooks=client.http.event_hooks)
+    client._probed = True
+    return client
+
+
+UPLOAD_UNKNOWN = b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}'
+SESSION = "http://127.0.0.1:9/v2/x/blobs/uploads/1"
+
+
+async def _chunk() -> AsyncIterator[bytes]:
+    yield b"x" * 8
+
+
+@pytest.mark.parametrize(("call", "request_name"), [
+    (lambda c: c.upload_chunk(SESSION, 0, 8, _chunk()), "a PATCH"),
+    (lambda c: c.upload_offset(SESSION), "the status GET"),
+    (lambda c: c.finish_upload(SESSION, D1), "the commit PUT"),
+])
+async def test_a_404_on_an_upload_session_is_the_session_lost_not_a_missing_model(call, request_name) -> None:
+    """It was NOT_FOUND, which the gateway answers as an HTTP 404: "your model was not found"."""
+    async with _mocked(lambda request: httpx.Response(404, stream=httpx.ByteStream(UPLOAD_UNKNOWN))) as client:
+        with pytest.raises(SessionLost) as lost:
+            await call(client)
+    assert str(lost.value) == (f"registry 127.0.0.1:9 answered HTTP 404 to {request_name} of its upload session "
+                               "(BLOB_UPLOAD_UNKNOWN: blob upload unknown to registry)")
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://[zz::1]/x", "http://[::1]:99999/x"])
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+async def test_a_redirect_to_no_url_fails_at_once_naming_it(method: str, location: str) -> None:
+    """httpx's refusal of the Location was a RemoteProtocolError, retried as a broken connection (13 s)."""
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(307, headers={"Location": location}, stream=httpx.ByteStream(b""))
+
+    async with _mocked(answer) as client:
+        with pytest.raises(ServiceError) as error:
+            await client.request(method, "/v2/x/blobs/" + D1, content=b"" if method == "PATCH" else None)
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    assert f"registry 127.0.0.1:9 sent a redirect {location!r}, which is unusable" in error.value.message
+    assert len(sent) == 1
+
+
+class _ForgetfulRegistry:
+    """Loses the first `losses` upload sessions at their first PATCH."""
+
+    registry = "forgetful.example"
+
+    def __init__(self, losses: int) -> None:
+        self.losses, self.sessions, self.committed = losses, ["/u0"], []
+
+    async def start_upload(self, repository):
+        self.sessions.append(f"/u{len(self.sessions)}")
+        return self.sessions[-1]
+
+    async def upload_chunk(self, location, offset, length, data):
+        async for _ in data:
+            pass
+        if int(location[2:]) < self.losses:
+            raise SessionLost(f"registry {self.registry} answered HTTP 404 to a PATCH of its upload session")
+        return location
+
+    async def finish_upload(self, location, digest):
+        self.committed.append(location)
+
+
+async def test_an_upload_session_the_registry_loses_starts_over_once() -> None:
+    client = _ForgetfulRegistry(losses=1)
+    blob = Blob("application/octet-stream", D1, 16)
+    await push.upload_blob(client, "x", "/u0", blob, _Source(), LayerCounter(blob.digest, 16), 8)
+    assert client.sessions == ["/u0", "/u1"] and client.committed == ["/u1"]
+
+
+async def test_a_second_lost_upload_session_ends_the_push_as_unavailable() -> None:
+    client = _ForgetfulRegistry(losses=2)
+    blob = Blob("application/octet-stream", D1, 16)
+    with pytest.raises(ServiceError) as error:
+        await push.upload_blob(client, "x", "/u0", blob, _Source(), LayerCounter(blob.digest, 16), 8)
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    assert error.value.message == (
+        f"the upload of blob {D1} to forgetful.example/x failed: registry forgetful.example answered HTTP 404 to a "
+        "PATCH of its upload session, the second session of this blob it lost; retry the push"
+    )
+    assert client.sessions == ["/u0", "/u1"] and client.committed == []
