@@ -17,6 +17,23 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 def parse_keep_alive(text: str) -> float | None:
     """Seconds from "5m", "1h30m", "30s", "300" (seconds), "0", at most MAX_KEEP_ALIVE_S (10 years); None
     (forever) for any negative value."""
+    seconds = _seconds(text)
+    if seconds > MAX_KEEP_ALIVE_S:
+        raise ValueError(
+            f"invalid keep_alive {text!r}: at most {MAX_KEEP_ALIVE_S} seconds (10 years); '-1' keeps "
+            "the model loaded forever"
+        )
+    return FOREVER if seconds < 0 else seconds
+
+
+def clamp_keep_alive(text: str) -> str:
+    """`text`, or the longest keep-alive where it asks for more: an older version saved such values, meaning
+    "stay loaded". Raises ValueError as parse_keep_alive does for what is no keep-alive at all."""
+    return str(MAX_KEEP_ALIVE_S) if _seconds(text) > MAX_KEEP_ALIVE_S else text
+
+
+def _seconds(text: str) -> float:
+    """The finite seconds `text` says, unbounded (negative: forever)."""
     value = text.strip()
     if not value:
         raise ValueError("keep_alive is empty")
@@ -33,9 +50,4 @@ def parse_keep_alive(text: str) -> float | None:
         seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
     if not math.isfinite(seconds):  # float() takes "nan" and "inf"
         raise ValueError(f"invalid keep_alive {text!r}: give a finite number of seconds ('-1' is forever)")
-    if seconds > MAX_KEEP_ALIVE_S:
-        raise ValueError(
-            f"invalid keep_alive {text!r}: at most {MAX_KEEP_ALIVE_S} seconds (10 years); '-1' keeps "
-            "the model loaded forever"
-        )
-    return FOREVER if seconds < 0 else seconds
+    return seconds

@@ -2,19 +2,25 @@
 
 Docker Model Runner keeps these in memory only, so a restart silently drops a configured context
 size; here every change is written atomically (temporary file, fsync, rename) before it is answered.
+An entry an older version saved that today's rules refuse is skipped alone, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from modelrunner.common.keep_alive import parse_keep_alive
+from modelrunner.common.errors import ServiceError
+from modelrunner.common.keep_alive import clamp_keep_alive, parse_keep_alive
 from modelrunner.runner.backends.base import LoadOptions
+from modelrunner.runner.validation import check_load_options
+
+log = logging.getLogger(__name__)
 
 # Runtime flags accepted in `runtime-flags` (llama-server's spelling), and the option each sets.
 _FLAGS = {
@@ -131,6 +137,65 @@ class ModelConfig:
         return replace(options, runtime_flags=tuple(self.runtime_flags))
 
 
+# The JSON types of a saved entry's fields: a file another version wrote, or a person edited, may hold any.
+_SAVED_TYPES: dict[str, tuple[type, ...]] = {
+    "context_size": (int,), "runtime_flags": (list,), "keep_alive": (str,), "parallel": (int,),
+    "flash_attention": (bool, type(None)), "gpu_layers": (int, type(None)),
+}
+
+
+def saved_config(name: str, fields: object) -> ModelConfig | None:
+    """The saved entry of model `name` as today's rules take it, else None with a warning naming the model
+    and the field: one entry an older version wrote must not cost the Runner the others. Each field is
+    checked alone (the others at their defaults), so the refusal is that field's."""
+    if not isinstance(fields, dict):
+        return _skipped(name, "(the entry)", f"is {json.dumps(fields)[:100]}, not an object")
+    fields = _clamp_keep_alive(name, fields)
+    for key, value in fields.items():
+        why = _field_refusal(key, value)
+        if why:
+            return _skipped(name, key, why)
+    return ModelConfig(**fields)
+
+
+def _field_refusal(key: str, value: object) -> str:
+    """Why `/engines/_configure` would refuse `value` for `key` today (the field's rules, the engine's
+    limits), or ""."""
+    if key not in _SAVED_TYPES:
+        return "is no setting this version knows"
+    if type(value) not in _SAVED_TYPES[key] or (isinstance(value, list) and not all(isinstance(f, str) for f in value)):
+        return f"has the wrong type: {json.dumps(value)[:100]}"
+    config = replace(ModelConfig(), **{key: value})
+    try:
+        config.validate()
+        check_load_options(config.load_options(LoadOptions()))
+    except ValueError as exc:
+        return str(exc)
+    except ServiceError as exc:
+        return exc.message
+    return ""
+
+
+def _clamp_keep_alive(name: str, fields: dict) -> dict:
+    """`fields`, a keep_alive past today's bound (10 years) clamped to it: older versions took one, and it
+    meant "stay loaded"; what is no keep-alive at all stays, to be refused."""
+    value = fields.get("keep_alive")
+    try:
+        bounded = clamp_keep_alive(value) if isinstance(value, str) and value else value
+    except ValueError:
+        return fields
+    if bounded == value:
+        return fields
+    log.warning("a saved keep_alive is past today's bound: clamped to it", extra={"fields": {
+        "model": name, "field": "keep_alive", "saved": value[:100], "now": bounded}})
+    return {**fields, "keep_alive": bounded}
+
+
+def _skipped(name: str, key: str, why: str) -> None:
+    log.warning("saved settings of a model skipped: today's rules refuse them", extra={"fields": {
+        "model": name, "field": key, "error": why}})
+
+
 class SettingsStore:
     """`settings.json` in the state directory: {"models": {"<reference>": {...}}}."""
 
@@ -143,7 +208,9 @@ class SettingsStore:
         if self._path.exists():
             data = json.loads(self._path.read_text(encoding="utf-8"))
             for name, fields in data.get("models", {}).items():
-                self._models[name] = ModelConfig(**fields)
+                config = saved_config(name, fields)
+                if config is not None:
+                    self._models[name] = config
 
     def get(self, reference: str) -> ModelConfig:
         return self._models.get(reference) or ModelConfig()

@@ -3,6 +3,7 @@ the Store packages the tiny GGUF, the Runner resolves it through the Store and s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -10,39 +11,48 @@ import time
 import grpc
 import pytest
 
+from modelrunner.common.keep_alive import MAX_KEEP_ALIVE_S
 from modelrunner.store.upload import package_files
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
-from tests.support.processes import open_paths, start, wait_healthy
+from tests.support.processes import log_tail, open_paths, start, wait_healthy
 
 
-@pytest.fixture
-def stack(tmp_path):
-    store_addr, runner_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = {
+def services_env(tmp_path) -> dict[str, str]:
+    return {
         **os.environ,
         "MODELRUNNER_DATA_DIR": str(tmp_path / "data"),
         "MODELRUNNER_MODELS_DIR": str(tmp_path / "models"),
-        "MODELRUNNER_STORE_ADDR": store_addr,
-        "MODELRUNNER_RUNNER_ADDR": runner_addr,
+        "MODELRUNNER_STORE_ADDR": f"127.0.0.1:{free_port()}",
+        "MODELRUNNER_RUNNER_ADDR": f"127.0.0.1:{free_port()}",
         "MODELRUNNER_RUNNER_CONTEXT_SIZE": "512",
         "MODELRUNNER_RUNNER_THREADS": "1",
         "MODELRUNNER_SHUTDOWN_GRACE": "2",
     }
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    env = services_env(tmp_path)
+    store_addr, runner_addr = env["MODELRUNNER_STORE_ADDR"], env["MODELRUNNER_RUNNER_ADDR"]
     procs = [start("modelrunner.store", env), start("modelrunner.runner", env)]
     try:
         wait_healthy(store_addr, procs[0])
         wait_healthy(runner_addr, procs[1])
         yield store_addr, runner_addr, env, procs[1].pid
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(procs)
 
 
 def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path):
@@ -65,6 +75,32 @@ def test_runner_streams_a_model_packaged_by_the_store(stack, tiny_gguf, tmp_path
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     state = tmp_path / "data" / "runner" / "settings.json"
     assert '"context_size": 256' in state.read_text()
+
+
+def test_saved_settings_an_older_version_wrote_load_but_for_the_entry_refused_today(tmp_path):
+    """An entry today's rules refuse cost the Runner every saved setting (or its start); now it alone is
+    skipped, named in a warning, and a keep_alive past 10 years is clamped to them."""
+    env = services_env(tmp_path)
+    state = tmp_path / "data" / "runner" / "settings.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"models": {
+        "docker.io/ai/kept:latest": {"context_size": 256, "keep_alive": "10m"},
+        "docker.io/ai/long:latest": {"keep_alive": "9999999999h"},
+        "docker.io/ai/refused:latest": {"context_size": -1},
+    }}))
+    runner = start("modelrunner.runner", env)
+    try:
+        wait_healthy(env["MODELRUNNER_RUNNER_ADDR"], runner)
+        with grpc.insecure_channel(env["MODELRUNNER_RUNNER_ADDR"]) as ch:
+            runner_stub = runner_pb2_grpc.RunnerStub(ch)
+            listed = runner_stub.ListConfigurations(runner_pb2.ListConfigurationsRequest(), timeout=10)
+    finally:
+        stop([runner])
+    assert {s.model: (s.context_size, s.keep_alive) for s in listed.settings} == {
+        "docker.io/ai/kept:latest": (256, "10m"), "docker.io/ai/long:latest": (0, str(MAX_KEEP_ALIVE_S))}
+    logged = [json.loads(line) for line in log_tail(runner, 100_000).splitlines() if line.startswith("{")]
+    assert {(e["model"], e["field"]) for e in logged if e["level"] == "warning" and "field" in e} == {
+        ("docker.io/ai/refused:latest", "context_size"), ("docker.io/ai/long:latest", "keep_alive")}
 
 
 def test_deleting_a_loaded_model_keeps_the_runner_serving_and_frees_the_space_on_unload(stack, tiny_gguf):
