@@ -34,7 +34,8 @@ _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "stop": "end_
 
 
 def error_body(error: APIError) -> dict:
-    return {"type": "error", "error": {"type": _ERROR_TYPES.get(error.status, "api_error"), "message": error.message}}
+    kind = _ERROR_TYPES.get(error.status) or ("invalid_request_error" if 400 <= error.status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
 def error_response(error: APIError) -> JSONResponse:

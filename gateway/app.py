@@ -27,6 +27,7 @@ from modelrunner.gateway.middleware import (
     ContentTypeMiddleware,
     HostMiddleware,
     OriginMiddleware,
+    UniqueHeadersMiddleware,
 )
 from modelrunner.gateway.settings import GatewayOptions
 
@@ -54,10 +55,10 @@ def create_app(backends: Backends, options: GatewayOptions | None = None) -> Fas
     ops_routes.install(app)
     web_routes.install(app)
     edge_routes.install(app)
-    # Added innermost first, so they run: Host, Origin, CORS (answers allowed preflights before the key
-    # check), API key, Content-Type (before the body is read), body size. FastAPI's native telemetry
-    # wraps them all: a SERVER span per request continuing the caller's W3C traceparent (the gRPC
-    # client interceptor carries it on to each service) and http.server.* metrics.
+    # Added innermost first, so they run: one Host and one Origin at most, Host, Origin, CORS (answers
+    # allowed preflights before the key check), API key, Content-Type (before the body is read), body
+    # size. FastAPI's native telemetry wraps them all: a SERVER span per request continuing the caller's
+    # W3C traceparent (the gRPC client interceptor carries it on to each service) and http.server.* metrics.
     recorder_routes.install(app, options)  # its middleware innermost: it records what got through
     app.add_middleware(BodyLimitMiddleware, limit=options.max_body_bytes)
     app.add_middleware(ContentTypeMiddleware)
@@ -74,4 +75,5 @@ def create_app(backends: Backends, options: GatewayOptions | None = None) -> Fas
     app.add_middleware(OriginMiddleware, origins=options.origins, hosts=options.allowed_hosts or [])
     if options.allowed_hosts is not None:
         app.add_middleware(HostMiddleware, allowed=options.allowed_hosts)
+    app.add_middleware(UniqueHeadersMiddleware)
     return app

@@ -34,7 +34,7 @@ class UpstreamError(Exception):
         self.code = code
         self.details = details
         self.retry_after = retry_after
-        self.unreachable = unreachable  # the service itself is down (not a service reporting UNAVAILABLE)
+        self.unreachable = unreachable  # the service is down or went away mid-call (not one reporting UNAVAILABLE)
 
 
 def _retry_after(error: grpc.aio.AioRpcError) -> str:
@@ -42,6 +42,23 @@ def _retry_after(error: grpc.aio.AioRpcError) -> str:
         if key == "retry-after":
             return str(value)
     return ""
+
+
+# What grpc's core says when the connection broke under a call (the service died mid-upload) while the
+# channel still reads READY: the service never sends these. The INTERNAL is grpc aio's own, set when a
+# write fails in the core (the peer's status, if any, is lost).
+CORE_INTERNAL_DETAILS = frozenset({"Internal error from Core"})
+CORE_TRANSPORT_PREFIXES = ("Stream removed", "Error in HTTP transport", "Socket closed")
+
+
+def connection_lost(code: grpc.StatusCode, details: str, ready: bool) -> bool:
+    """Whether a call failed because its connection did, not because the service said so: the core's
+    own words, or the channel no longer READY. It is the service gone (503: retry), never a 500."""
+    if code == grpc.StatusCode.INTERNAL:
+        return details in CORE_INTERNAL_DETAILS or not ready
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return not ready or details.startswith(CORE_TRANSPORT_PREFIXES)
+    return False
 
 
 @dataclass
@@ -54,13 +71,10 @@ class Service:
     stub: object
 
     def _error(self, error: grpc.aio.AioRpcError) -> UpstreamError:
-        unreachable = (
-            error.code() == grpc.StatusCode.UNAVAILABLE
-            and self.channel.get_state() != grpc.ChannelConnectivity.READY
-        )
-        return UpstreamError(
-            self.name, self.address, error.code(), error.details() or "", _retry_after(error), unreachable
-        )
+        code, details = error.code(), error.details() or ""
+        lost = connection_lost(code, details, self.channel.get_state() == grpc.ChannelConnectivity.READY)
+        code = grpc.StatusCode.UNAVAILABLE if lost else code
+        return UpstreamError(self.name, self.address, code, details, _retry_after(error), unreachable=lost)
 
     async def unary(self, method: str, request, timeout: float):
         """Calls a unary method by name with a deadline."""

@@ -9,9 +9,13 @@ when it is this machine's or the operator listed it.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from functools import cache
 from urllib.parse import urlsplit
+
+
+_PORT = re.compile(r"[0-9]*")  # none, or ASCII digits
 
 
 def split_host(authority: str) -> tuple[str, str]:
@@ -52,8 +56,9 @@ def machine_names() -> frozenset[str]:
 
 
 def host_allowed(authority: str, extra: frozenset[str]) -> bool:
-    host, _ = split_host(authority)
-    if not host:
+    """Whether a Host is a good one; its port must be digits ("localhost:1,evil.example" is not)."""
+    host, port = split_host(authority)
+    if not host or not _PORT.fullmatch(port):
         return False
     return (
         _is_ip(host)

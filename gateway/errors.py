@@ -36,6 +36,12 @@ _TYPE_FOR_STATUS = {
 }
 
 
+def error_type(status: int) -> str:
+    """The OpenAI type for a status: the listed one, else by class, so that no 4xx (411, 415, 422...)
+    reads as the server's fault."""
+    return _TYPE_FOR_STATUS.get(status) or ("invalid_request_error" if 400 <= status < 500 else "server_error")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -86,7 +92,7 @@ class APIError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or _TYPE_FOR_STATUS.get(status, "server_error")
+        self.type = type or error_type(status)
         self.param = param
         self.code = code
         self.headers = headers or {}
@@ -104,7 +110,8 @@ def from_upstream(error: UpstreamError, *, model: str | None = None) -> APIError
     message = error.details or error.code.name
     headers: dict[str, str] = {}
     if error.unreachable:
-        message = f"the {error.service} service at {error.address} is unavailable ({message}); is it running?"
+        message = (f"the {error.service} service at {error.address} is unavailable ({message}): it is not running "
+                   "or went away during the call; retry once it is back")
     elif error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"the {error.service} service did not answer in time ({message})"
     elif error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -1,6 +1,6 @@
-"""ASGI middleware around every route: the Host and Origin checks, the optional API key, the request
-body's Content-Type and size. Pure ASGI (no BaseHTTPMiddleware), so streamed answers keep their context
-(and trace span)."""
+"""ASGI middleware around every route: one Host and one Origin at most, the Host and Origin checks, the
+optional API key, the request body's Content-Type and size. Pure ASGI (no BaseHTTPMiddleware), so streamed
+answers keep their context (and trace span)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ async def send_error(send: Send, error: APIError) -> None:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lowercase name; a repeated one keeps its last value (Host and Origin
+    cannot repeat: UniqueHeadersMiddleware refused such a request first)."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
@@ -88,6 +90,37 @@ class ContentTypeMiddleware:
                         type="invalid_request_error", code="unsupported_media_type",
                     ))
                     return
+        await self.app(scope, receive, send)
+
+
+ONE_PER_REQUEST = ("host", "origin")
+
+
+def _repeated(scope: Scope) -> str | None:
+    """The first of ONE_PER_REQUEST the request carries more than once: as two fields, or as one that a
+    proxy joined with a comma (Envoy does; neither value ever holds one)."""
+    counts = dict.fromkeys(ONE_PER_REQUEST, 0)
+    for key, value in scope.get("headers", ()):
+        name = key.decode("latin-1").lower()
+        if name in counts:
+            counts[name] += 1 + value.count(b",")
+    return next((name for name, count in counts.items() if count > 1), None)
+
+
+class UniqueHeadersMiddleware:
+    """Refuses (400) a request with more than one Host header (RFC 9112 3.2 says a server must) or
+    more than one Origin: each check (Host, Origin, CORS) would otherwise judge a different copy, or a
+    proxy's joined value by its first, and one allowed value would carry a foreign one through. Always
+    on, and outermost."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (name := _repeated(scope)) is not None:
+            message = f"the request has more than one {name.capitalize()} header: send exactly one"
+            await send_error(send, APIError(400, message, code="duplicate_header"))
+            return
         await self.app(scope, receive, send)
 
 

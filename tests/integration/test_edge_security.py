@@ -10,11 +10,13 @@ whatever port it reaches.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -146,6 +148,44 @@ def test_a_rebinding_host_is_refused(secured: Secured) -> None:
     secured.untouched()
     local = httpx.get(f"{secured.edge.url}/models", headers={"host": f"localhost:{port}", **secured.auth}, timeout=30)
     assert local.status_code == 200, local.text
+
+
+def raw_get(base: str, path: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
+    """GET with exactly these header lines, a repeated one included (httpx would merge them into one)."""
+    url = urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        reply = connection.getresponse()
+        return reply.status, reply.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def test_a_second_host_or_origin_is_refused(secured: Secured) -> None:
+    """RFC 9112: a request with two Host fields is a 400; so is one with two Origins. With one allowed
+    and one foreign value, each check would judge a different one: the gateway the last, or, behind
+    Envoy (which joins them with a comma), the first. At the gateway and at the edge, on the REST routes
+    and the transcoded ones; a request with one allowed Host (and its own Origin) is served."""
+    for base, extra in ((gateway_url(secured), {}), (secured.edge.url, {}), (secured.edge.url, TRANSCODE)):
+        local = f"localhost:{base.rpartition(':')[2]}"
+        sent = [*extra.items(), *secured.auth.items()]
+        for repeated in (
+            [("Host", local), ("Host", "evil.example")],
+            [("Host", "evil.example"), ("Host", local)],
+            [("Host", local), ("Origin", f"http://{local}"), ("Origin", FOREIGN_ORIGIN)],
+            [("Host", local), ("Origin", FOREIGN_ORIGIN), ("Origin", f"http://{local}")],
+        ):
+            status, text = raw_get(base, "/models", [*repeated, *sent])
+            assert status == 400, (base, extra, repeated, text)
+            assert f"more than one {repeated[-1][0]} header" in json.loads(text)["error"]["message"]
+        for one in ([("Host", local)], [("Host", local), ("Origin", f"http://{local}")]):
+            status, text = raw_get(base, "/models", [*one, *sent])
+            assert status == 200, (base, extra, one, text)
+    secured.untouched()
 
 
 def test_raw_grpc_is_not_on_the_public_port(secured: Secured) -> None:

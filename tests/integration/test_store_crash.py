@@ -1,5 +1,6 @@
 """The Store killed with SIGKILL mid-write and mid-tag-update: after a restart nothing partial is
-visible, nothing committed is lost, and an interrupted upload resumes from the bytes kept."""
+visible, nothing committed is lost, and an interrupted upload resumes from the bytes kept. Killed mid-way
+through an upload the gateway streams into it, the gateway answers 503, never 500."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 
+from tests.integration.test_package_upload import Edge, edge, sha256  # noqa: F401 (edge: the fixture)
 from tests.integration.test_store_service import (
     CHUNK,
     StoreProcess,
@@ -115,3 +119,48 @@ async def test_kill_during_tag_updates_leaves_a_consistent_index(tmp_path: Path)
         )
     finally:
         proc.stop()
+
+
+UPLOAD = 64 * CHUNK
+KILL_AT = UPLOAD - 8 * CHUNK  # measured: killed here, about 1 round in 10 was a 500, 1 in 15 a bare 503
+UPLOAD_ROUNDS = 10
+
+
+def test_a_store_killed_mid_upload_is_503_every_time(edge: Edge) -> None:
+    """SIGKILL of the Store while the gateway streams a blob upload into it. When a write failed in
+    grpc's core before the channel saw the Store go, the core reported INTERNAL and the gateway a 500;
+    it is a 503 saying the Store went away and to retry, and after a restart the retry succeeds."""
+    data = os.urandom(UPLOAD)
+    url = f"{edge.url}/models/blobs/{sha256(data)}"
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(UPLOAD)}
+    for round_ in range(UPLOAD_ROUNDS):
+        reply = httpx.put(url, content=killing_store_after(edge, data, KILL_AT), headers=headers, timeout=120)
+        assert reply.status_code == 503, (round_, reply.text)
+        error = reply.json()["error"]
+        assert error["type"] == "service_unavailable" and error["code"] == "unavailable", error
+        assert f"store service at {edge.store.addr}" in error["message"] and "went away" in error["message"]
+        assert "retry" in error["message"]
+        edge.store.start()
+        wait_until_the_gateway_reaches_the_store(edge)
+    done = httpx.put(url, content=data, headers=headers, timeout=120)
+    assert done.status_code == 201, done.text
+    assert (edge.models_dir / "blobs" / "sha256" / sha256(data).removeprefix("sha256:")).read_bytes() == data
+
+
+def killing_store_after(edge: Edge, data: bytes, kill_at: int):
+    """The upload's body in 1 MiB chunks, SIGKILLing the Store once `kill_at` bytes are sent, while the
+    gateway is still writing what came before; the rest follows as the client would send it."""
+    for start in range(0, len(data), CHUNK):
+        if start == kill_at:
+            assert edge.store.proc is not None
+            edge.store.proc.kill()
+            edge.store.proc.wait()
+        yield data[start : start + CHUNK]
+
+
+def wait_until_the_gateway_reaches_the_store(edge: Edge, timeout: float = 30) -> None:
+    """Past the channel's reconnect backoff, so the next upload starts on a live connection."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{edge.url}/models", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not reach the restarted Store"
+        time.sleep(0.1)

@@ -139,3 +139,4 @@ async def test_blob_upload_needs_a_digest_and_a_length(gw):
     unsized = await client.put("/models/blobs/sha256:" + "ab" * 32, content=chunked(),
                                headers={"Content-Type": "application/octet-stream"})
     assert unsized.status_code == 411 and "Content-Length" in unsized.json()["error"]["message"]
+    assert unsized.json()["error"]["type"] == "invalid_request_error"  # the client's to fix, not server_error

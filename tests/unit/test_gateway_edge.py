@@ -144,6 +144,13 @@ async def test_local_names_ip_addresses_and_listed_hosts_pass(host: str) -> None
         assert reply.status_code == 200, reply.text
 
 
+@pytest.mark.parametrize("host", ["localhost:12434,evil.example", "localhost:1 evil.example", "localhost:x",
+                                  "127.0.0.1:80x"])
+def test_a_host_whose_port_is_not_digits_is_refused(host: str) -> None:
+    assert not edge_policy.host_allowed(host, frozenset())
+    assert edge_policy.host_allowed(host.partition(":")[0], frozenset())
+
+
 async def test_this_machines_name_passes() -> None:
     (name, *_) = sorted(edge_policy.machine_names())
     async with gateway_client(options_of()) as (client, _):
@@ -163,6 +170,31 @@ def test_the_host_check_is_on_when_bound_to_loopback_or_configured() -> None:
 async def test_any_host_when_the_check_is_off() -> None:
     async with gateway_client(options_of(http_listen="0.0.0.0:12434")) as (client, _):
         assert (await client.get("/models", headers={"host": "models.example.com"})).status_code == 200
+
+
+# --- one Host, one Origin ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repeated", [
+    [("host", "localhost"), ("host", "evil.example")],
+    [("host", "evil.example"), ("host", "localhost")],
+    [("host", "localhost"), ("origin", "http://localhost"), ("origin", "http://evil.example")],
+    [("host", "localhost"), ("origin", "http://evil.example"), ("origin", "http://localhost")],
+    [("host", "localhost:12434,evil.example")],  # two Hosts as a proxy joins them (Envoy does)
+    [("host", "localhost"), ("origin", "http://localhost,http://evil.example")],
+])
+@pytest.mark.parametrize("env", [{}, {"http_listen": "0.0.0.0:12434"}])  # with the Host check on, and off
+async def test_a_second_host_or_origin_is_400(repeated: list[tuple[str, str]], env: dict[str, str]) -> None:
+    async with gateway_client(options_of(**env)) as (client, fakes):
+        reply = await client.post("/v1/chat/completions", json=CHAT, headers=repeated)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "duplicate_header" and error["type"] == "invalid_request_error"
+        assert f"more than one {repeated[-1][0].capitalize()} header" in error["message"]
+        assert not fakes.runner.requests
+        one = await client.post("/v1/chat/completions", json=CHAT, headers=[("host", "localhost"),
+                                                                            ("origin", "http://localhost")])
+        assert one.status_code == 200, one.text
 
 
 # --- the API key and the checker Envoy asks ------------------------------------------------------

@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import json
 
+import grpc
 import httpx
 import pytest
 import uvicorn
 from grpc_health.v1 import health_pb2
 
-from modelrunner.gateway.backends import RUNNER_SERVICE
+from modelrunner.gateway.anthropic_convert import error_body
+from modelrunner.gateway.backends import RUNNER_SERVICE, Service
+from modelrunner.gateway.errors import APIError, from_upstream
 from modelrunner.gateway.settings import GatewayOptions
 from tests.conftest import free_port
 from tests.support.gateway_fakes import fake_services, gateway_client
@@ -113,6 +116,74 @@ async def test_service_down_is_503_naming_it_and_fast():
         health = await client.get("/healthz")
         assert health.status_code == 503 and "store" in health.json()["error"]["message"]
         assert asyncio.get_running_loop().time() - started < 5
+
+
+class StateOnly:
+    """A channel as Service._error looks at it: its connectivity state only."""
+
+    def __init__(self, state: grpc.ChannelConnectivity) -> None:
+        self.state = state
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.state
+
+
+READY, DOWN, IDLE = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                     grpc.ChannelConnectivity.IDLE)
+# What grpc's aio client sets when a write fails in the core (the Store SIGKILLed mid-upload): its own
+# details and, as debug string, the failed batch.
+CORE_DETAILS = "Internal error from Core"
+CORE_DEBUG = 'Failed "execute_batch": (<grpc._cython.cygrpc.SendMessageOperation object at 0x7f3a2c1e5b70>,)'
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "state", "status"),
+    [
+        (grpc.StatusCode.INTERNAL, CORE_DETAILS, READY, 503),  # the core noticed before the channel did
+        (grpc.StatusCode.INTERNAL, CORE_DETAILS, DOWN, 503),
+        (grpc.StatusCode.INTERNAL, "index.json: unexpected end of data", DOWN, 503),  # the connection is gone
+        (grpc.StatusCode.INTERNAL, "index.json: unexpected end of data", IDLE, 503),
+        (grpc.StatusCode.INTERNAL, "index.json: unexpected end of data", READY, 500),  # the Store's own error
+        (grpc.StatusCode.INTERNAL, "internal error from core", READY, 500),  # not the core's exact words
+        (grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)", DOWN, 503),
+        (grpc.StatusCode.UNAVAILABLE, "Stream removed (recvmsg:Connection reset by peer (104))", READY, 503),
+        (grpc.StatusCode.UNAVAILABLE, "Error in HTTP transport completing operation: on_write_finished_cb "
+                                      "write_state=IDLE refs=0", READY, 503),
+    ],
+)
+def test_a_broken_connection_is_503_and_the_services_own_internal_stays_500(code, details, state, status):
+    store = Service("store", "127.0.0.1:1", StateOnly(state), stub=None)
+    error = from_upstream(store._error(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details,
+                                                           CORE_DEBUG)))
+    assert error.status == status, error.message
+    if status == 503:
+        assert error.type == "service_unavailable" and error.code == "unavailable"
+        assert "store service at 127.0.0.1:1" in error.message and details in error.message
+        assert "went away" in error.message and "retry" in error.message
+    else:
+        assert (error.type, error.code, error.message) == ("server_error", "internal", details)
+
+
+def test_a_service_reporting_unavailable_keeps_its_own_words():
+    """A live service that says UNAVAILABLE itself (a registry it could not reach) is not `went away`."""
+    distribution = Service("distribution", "127.0.0.1:1", StateOnly(READY), stub=None)
+    details = "registry example.com is unreachable (connection refused)"
+    error = from_upstream(distribution._error(grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)))
+    assert (error.status, error.message) == (503, details)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(400, "invalid_request_error"), (405, "invalid_request_error"), (411, "invalid_request_error"),
+     (415, "invalid_request_error"), (422, "invalid_request_error"), (499, "invalid_request_error"),
+     (404, "not_found_error"), (429, "rate_limit_error"), (500, "server_error"), (502, "server_error"),
+     (503, "service_unavailable"), (504, "server_error")],
+)
+def test_every_4xx_has_a_client_error_type(status, kind):
+    assert APIError(status, "x").type == kind
+    anthropic = error_body(APIError(status, "x"))["error"]["type"]  # Anthropic's types: its own server errors
+    assert (anthropic in ("api_error", "timeout_error", "overloaded_error")) == (status >= 500)
 
 
 async def test_healthz_and_metrics(gw):
