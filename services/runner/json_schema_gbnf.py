@@ -7,8 +7,12 @@ llama.cpp expands into n-m small rules; its parser refuses m > 2000 and reads n 
 so larger counts are split into blocks. A keyword that cannot be enforced is an UnsupportedSchema
 naming it; annotations (title, description, ...) are ignored.
 
-The grammar stays linear in the schema (optional members are a chain, rule names are cut short) and is
-bounded as it is built, in rules, bytes and CPU time: a small schema must not cost the engine gigabytes.
+The grammar stays linear in the schema (optional members are a chain, rule names are cut short, equal
+rules are one) and is bounded as it is built, in rules, bytes and CPU time: a small schema must not cost
+the engine gigabytes. So is what one masked step costs: llama.cpp checks the vocabulary against every path
+its grammar has open, so integers are spelt digit by digit, alternatives that begin alike (enum values, an
+object's first members, a union's objects and consts) share a prefix tree until their text differs, and
+an object or a union may leave only so many paths open at once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 LLAMA_REPEAT_LIMIT = 2000  # llama-grammar.cpp's MAX_REPETITION_THRESHOLD
@@ -32,12 +37,14 @@ MAX_EXPANSION = 100_000  # rules llama.cpp writes out for x{m,n} (n - m each): ~
 MAX_OPTIONAL = 128  # per object: each is a path llama.cpp checks the vocabulary against at every step
 MAX_NAME = 40  # a rule name's characters: names built from nested keys must not grow with depth
 MAX_LITERALS = 1024  # enum values
-MAX_TRIE_DEPTH = 32  # branch points an enum's prefix tree nests, at most
+MAX_TRIE_DEPTH = 32  # branch points a prefix tree nests, at most
 MAX_INT_DIGITS = 16
+MAX_ALTERNATIVES = 128  # paths a union leaves open at once, once alternatives that begin alike share theirs
 
 ANNOTATIONS = frozenset({
     "$schema", "$id", "$comment", "$defs", "definitions", "title", "description", "default",
     "examples", "deprecated", "readOnly", "writeOnly", "format", "contentEncoding", "contentMediaType",
+    "discriminator",  # OpenAPI's (pydantic writes it on tagged unions): the alternatives' consts enforce it
 })
 KEYWORDS = {
     "string": {"minLength", "maxLength"},
@@ -109,30 +116,76 @@ def literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+@dataclass(frozen=True)
+class Symbol:
+    """A GBNF symbol in a spelling (a rule's name, a group): a prefix tree shares it only whole."""
+
+    gbnf: str
+
+
+Item = str | Symbol  # a str is JSON text, matched literally: a prefix tree shares it character by character
+Spelling = tuple[Item, ...]
+
+
 def literal_choice(texts: Iterable[str]) -> str:
     """GBNF matching exactly one of `texts`, as a prefix tree: values that begin alike share that
     beginning, so llama.cpp's sampler follows a path per distinct next character, not one per value
     (1024 enum values spelt out: about a second a masked step with Gemma)."""
-    return _choice(sorted(set(texts)), 0)
+    return prefix_tree((t,) for t in sorted(set(texts)))[0]
 
 
-def _choice(texts: list[str], depth: int) -> str:
-    """`texts` sorted and distinct; "" among them (first, then) makes the whole choice optional."""
-    optional = texts[0] == ""
-    rest = texts[1:] if optional else texts
-    if depth >= MAX_TRIE_DEPTH:  # deep enough for the gain; bounds the recursion on both sides
-        body = " | ".join(literal(t) for t in rest)
+def prefix_tree(spellings: Iterable[Spelling]) -> tuple[str, int]:
+    """GBNF matching exactly one of `spellings`, where those that begin alike share that beginning, so
+    llama.cpp's grammar opens a path per distinct next character or symbol, not one per spelling; and
+    the most paths one of its branch points opens."""
+    return _tree(list(dict.fromkeys(tuple(i for i in s if i != "") for s in spellings)), 0)
+
+
+def _tree(spellings: list[Spelling], depth: int) -> tuple[str, int]:
+    """`spellings` distinct; () among them makes the whole optional."""
+    lead, spellings = _shared_lead(spellings)
+    optional = () in spellings
+    rest = [s for s in spellings if s]
+    if depth >= MAX_TRIE_DEPTH or len(rest) < 2:  # deep enough for the gain; bounds the recursion on both sides
+        parts, width = [_spell(s) for s in rest], len(rest) + optional
     else:
-        parts = []
-        for _, grouped in itertools.groupby(rest, key=lambda t: t[0]):
-            group = list(grouped)
-            prefix = os.path.commonprefix(group)
-            tails = [t[len(prefix):] for t in group]
-            parts.append(literal(prefix) if tails == [""] else f"{literal(prefix)} {_choice(tails, depth + 1)}")
-        body = " | ".join(parts)
-    if optional:
-        return f"({body})?"
-    return f"({body})" if depth and len(rest) > 1 else body
+        groups: dict[Item, list[Spelling]] = {}
+        for s in rest:
+            groups.setdefault(s[0][0] if isinstance(s[0], str) else s[0], []).append(s)
+        branches = [_tree(group, depth + 1) for group in groups.values()]
+        parts = [gbnf for gbnf, _ in branches]
+        width = max(len(parts) + optional, *(w for _, w in branches))
+    body = " | ".join(parts)
+    if optional and body:
+        body = f"({body})?"
+    elif len(parts) > 1 and (depth or lead):
+        body = f"({body})"
+    return " ".join(p for p in (*lead, body) if p), width
+
+
+def _shared_lead(spellings: list[Spelling]) -> tuple[list[str], list[Spelling]]:
+    """The GBNF of what all of `spellings` begin with (whole items, then the characters their texts
+    share), and the spellings past it. A loop, not a recursion: alternatives may share long chains."""
+    lead: list[str] = []
+    while len(spellings) > 1 and all(spellings):
+        first = spellings[0]
+        n = 0
+        while all(len(s) > n and s[n] == first[n] for s in spellings):
+            n += 1
+        if n:
+            lead.append(_spell(first[:n]))
+        spellings = [s[n:] for s in spellings]
+        heads = [s[0] for s in spellings] if all(spellings) else []
+        prefix = os.path.commonprefix(heads) if all(isinstance(h, str) for h in heads) else ""
+        if not prefix:
+            break
+        lead.append(literal(prefix))
+        spellings = [((s[0][len(prefix):],) if s[0] != prefix else ()) + s[1:] for s in spellings]
+    return lead, spellings
+
+
+def _spell(spelling: Spelling) -> str:
+    return " ".join(literal(i) if isinstance(i, str) else i.gbnf for i in spelling)
 
 
 def schema_to_gbnf(schema_text: str, time_limit_s: float = math.inf) -> str:
@@ -153,6 +206,8 @@ class _Converter:
         self._root = root
         self._rules: dict[str, str] = {}
         self._refs: dict[str, str] = {}
+        self._named: dict[str, str] = {}  # body -> name: an equal rule is made once
+        self._ref_spellings: dict[str, list[Spelling] | None] = {}  # None: being worked out
         self._suffixes: dict[str, int] = {}  # base name -> last suffix given: no rescan per rule
         self._bytes = 0
         self._expansion = 0
@@ -189,7 +244,11 @@ class _Converter:
             )
 
     def _add(self, name: str, body: str) -> str:
-        """Adds a rule under a fresh name derived from `name`; returns that name."""
+        """The name of a rule with this body: an existing one, or a new one under a fresh name derived
+        from `name`. One rule for equal bodies keeps the grammar small, and lets the alternatives of a
+        union share a member they spell alike (models with the same base fields) in its prefix tree."""
+        if body in self._named:
+            return self._named[body]
         base = _NAME.sub("-", name).strip("-")[-MAX_NAME:].strip("-") or "r"
         if base in PRIMITIVES or base in FORMATS:
             base += "-"
@@ -202,6 +261,8 @@ class _Converter:
         if len(self._rules) >= MAX_RULES:
             raise UnsupportedSchema("json_schema", f"needs more than {MAX_RULES} grammar rules: simplify it")
         self._put(unique, body)
+        if body:  # an empty body is a name reserved for a rule still being made
+            self._named[body] = unique
         return unique
 
     def _primitive(self, name: str) -> str:
@@ -279,10 +340,7 @@ class _Converter:
             return f"({literal_choice(json.dumps(v, ensure_ascii=False) for v in values)}) {self._primitive('space')}"
         for key in ("anyOf", "oneOf"):
             if key in schema:
-                options = schema[key]
-                if not isinstance(options, list) or not options:
-                    raise UnsupportedSchema(key, "must be a non-empty list of schemas")
-                return " | ".join(self._visit(o, f"{name}-{i}", depth + 1) for i, o in enumerate(options))
+                return self._union(key, schema[key], name, depth)
         if "allOf" in schema:
             return self._body(_merge_all_of(schema), name, depth)
         if isinstance(kind, list):
@@ -337,17 +395,82 @@ class _Converter:
     def _literal_value(self, value: Any) -> str:
         return f"{literal(json.dumps(value, ensure_ascii=False))} {self._primitive('space')}"
 
-    def _ref(self, ref: Any, depth: int) -> str:
+    def _space(self) -> Symbol:
+        return Symbol(self._primitive("space"))
+
+    def _literal_items(self, schema: Any) -> Spelling | None:
+        """The text a const (or an enum of one value) allows, for a prefix tree to look into: unions are
+        told apart by such tags (pydantic's Literal fields, a forced tool call's name). None otherwise."""
+        if not isinstance(schema, dict) or "$ref" in schema or schema.get("nullable") is True:
+            return None
+        values = [schema["const"]] if "const" in schema else schema.get("enum")
+        if not isinstance(values, list) or len(values) != 1:
+            return None
+        self._check_keywords(schema, schema.get("type"))
+        return json.dumps(values[0], ensure_ascii=False), self._space()
+
+    def _union(self, key: str, options: Any, name: str, depth: int) -> str:
+        """The alternatives as one prefix tree, so those that begin alike share llama.cpp's paths until
+        their text differs; refused if more than MAX_ALTERNATIVES paths are still open at once."""
+        if not isinstance(options, list) or not options:
+            raise UnsupportedSchema(key, "must be a non-empty list of schemas")
+        objects = sum(self._object_target(o) is not None for o in options) > 1
+        gbnf, width = prefix_tree(
+            s for i, o in enumerate(options) for s in self._spellings(o, f"{name}-{i}", depth + 1, objects))
+        if width > MAX_ALTERNATIVES:
+            # Each is a path llama.cpp checks the whole vocabulary against at each step: 256 alternatives
+            # cost about 1.5 s a step with Gemma's 262k tokens, while every stream of the model waits.
+            raise UnsupportedSchema(
+                key, f"leaves {width} alternatives open at once; at most {MAX_ALTERNATIVES} are supported: make "
+                "them differ early (a distinct first property, or a const tag as the first property)",
+            )
+        return gbnf
+
+    def _spellings(self, option: Any, name: str, depth: int, objects: bool) -> list[Spelling]:
+        """How a union's alternative is spelt for its prefix tree: a const's text; an object's members
+        when `objects` (several alternatives are objects: all begin with "{"); else its rule."""
+        text = self._literal_items(option)
+        if text:
+            return [text]
+        target = self._object_target(option) if objects else None
+        if target is None:
+            return [(Symbol(self._visit(option, name, depth)),)]
+        if "$ref" in option:
+            return self._referred_spellings(option["$ref"], target, depth)
+        self._check_keywords(option, option.get("type"))
+        return self._object_spellings(option, name[-MAX_NAME:], depth)
+
+    def _referred_spellings(self, ref: str, target: dict, depth: int) -> list[Spelling]:
+        """A referenced object's spellings, made once however many unions name it; a reference to one
+        still being made (a recursive model) is to its rule."""
+        if ref not in self._ref_spellings:
+            self._ref_spellings[ref] = None
+            self._check_keywords(target, target.get("type"))
+            self._ref_spellings[ref] = self._object_spellings(target, ("ref-" + ref[1:])[-MAX_NAME:], depth + 1)
+        return self._ref_spellings[ref] or [(Symbol(self._ref(ref, depth)),)]
+
+    def _object_target(self, schema: Any) -> dict | None:
+        """The object schema with members that `schema` is, or refers to; None for any other schema."""
+        if isinstance(schema, dict) and "$ref" in schema:
+            schema = self._resolve(schema["$ref"])
+        return schema if _has_members(schema) else None
+
+    def _resolve(self, ref: Any) -> Any:
+        """The schema a local reference points at."""
         if not isinstance(ref, str) or not ref.startswith("#"):
             raise UnsupportedSchema("$ref", f"only local references (#/...) are supported, not {ref!r}")
-        if ref in self._refs:
-            return self._refs[ref]
         target: Any = self._root
         for part in [p for p in ref[1:].split("/") if p]:
             part = part.replace("~1", "/").replace("~0", "~")
             if not isinstance(target, dict) or part not in target:
                 raise UnsupportedSchema("$ref", f"{ref!r} points at nothing in the schema")
             target = target[part]
+        return target
+
+    def _ref(self, ref: Any, depth: int) -> str:
+        if isinstance(ref, str) and ref in self._refs:
+            return self._refs[ref]
+        target = self._resolve(ref)
         name = self._add("ref-" + ref[1:], "")  # reserved first: a recursive schema refers to itself
         self._refs[ref] = name
         self._put(name, self._visit(target, name + "-def", depth + 1))
@@ -405,7 +528,11 @@ class _Converter:
         return f'"[" {space} {self._separated(item, low, high, name)} "]" {space}'
 
     def _object(self, schema: dict, name: str, depth: int) -> str:
-        space = self._primitive("space")
+        return prefix_tree(self._object_spellings(schema, name, depth))[0]
+
+    def _object_spellings(self, schema: dict, name: str, depth: int) -> list[Spelling]:
+        """The object once per member that may come first (and empty, if every one is optional)."""
+        space = self._space()
         properties = schema.get("properties", {})
         if not isinstance(properties, dict):
             raise UnsupportedSchema("properties", "must be an object of schemas")
@@ -417,7 +544,7 @@ class _Converter:
             raise UnsupportedSchema("required", f"names {missing[0]!r}, which is not in properties")
         required = set(required)  # looked up once per property: a long list must not make that quadratic
         if "properties" not in schema and "additionalProperties" not in schema:
-            return self._primitive("object")
+            return [(Symbol(self._primitive("object")),)]
         extra = schema.get("additionalProperties", False)
         optional = sum(key not in required for key in properties) + (extra is not False)
         if optional > MAX_OPTIONAL:
@@ -427,36 +554,49 @@ class _Converter:
                 "required", f"leaves {optional} properties optional; at most {MAX_OPTIONAL} are supported: "
                 "list the others in required",
             )
-        members = [
-            (key, f"{literal(json.dumps(key, ensure_ascii=False))} space \":\" space "
-                  f"{self._visit(sub, f'{name}-{key}', depth + 1)}", key in required)
-            for key, sub in properties.items()
-        ]
+        members = [(key, self._member(key, sub, f"{name}-{key}", depth), key in required)
+                   for key, sub in properties.items()]
         if extra is not False:
             value = self._visit({} if extra is True else extra, f"{name}-extra-value", depth + 1)
             kv = self._add(f"{name}-extra-kv", f'{self._primitive("string")} ":" space {value}')
-            members.append(("extra", self._add(f"{name}-extra-kvs", f'{kv} ("," space {kv})*'), False))
-        return f'"{{" {space} {self._members(members, name)} "}}" {space}'
+            members.append(("extra", (Symbol(self._add(f"{name}-extra-kvs", f'{kv} ("," space {kv})*')),), False))
+        return [("{", space, *start, "}", space) for start in self._member_starts(members, name)]
 
-    def _members(self, members: list[tuple[str, str, bool]], name: str) -> str:
-        """(key, key-value, required) members in order, every required one, "," between those present.
-        Linear, where spelling out each subset is quadratic: rule `key-rest` is the members from `key`
-        on once one was written (each present one after a ","), so the body only picks which member
-        comes first, up to the first required one; past that the members are a fixed sequence."""
+    def _member(self, key: str, schema: Any, name: str, depth: int) -> Spelling:
+        """A member's key and value; a const value as its text, which a union's prefix tree looks into."""
+        value = self._literal_items(schema) or (Symbol(self._visit(schema, name, depth + 1)),)
+        return json.dumps(key, ensure_ascii=False), self._space(), ":", self._space(), *value
+
+    def _member_starts(self, members: list[tuple[str, Spelling, bool]], name: str) -> list[Spelling]:
+        """(key, key-value, required) members in order, every required one, "," between those present,
+        spelt once per member that may come first, and () if none need be. Linear, where spelling out
+        each subset is quadratic: rule `key-rest` is the members from `key` on once one was written
+        (each present one after a ","), so a spelling picks which member comes first, up to the first
+        required one; past that the members are a fixed sequence."""
         if not members:
-            return ""
-        items = [f'"," space {kv}' if needed else f'("," space {kv})?' for _, kv, needed in members]
+            return [()]
+        space = self._space()
+        items = [(",", space, *kv) if needed else (Symbol(f'("," space {_spell(kv)})?'),) for _, kv, needed in members]
         first = next((i for i, (_, _, needed) in enumerate(members) if needed), len(members) - 1)
-        rest = " ".join(items[first + 1:])
-        starts = []
+        rest: Spelling = tuple(itertools.chain.from_iterable(items[first + 1:]))
+        starts = [] if members[first][2] else [()]
         for i in range(first, -1, -1):
-            starts.append(f"{members[i][1]} {rest}".strip())
+            starts.append(members[i][1] + rest)
             if i:
-                rest = self._add(f"{name}-{members[i][0]}-rest", f"{items[i]} {rest}".strip())
-        choice = " | ".join(reversed(starts))
-        if members[first][2]:
-            return choice if len(starts) == 1 else f"({choice})"
-        return f"({choice})?"
+                rest = (Symbol(self._add(f"{name}-{members[i][0]}-rest", _spell(items[i] + rest))),)
+        return starts[::-1]
+
+
+def _has_members(schema: Any) -> bool:
+    """Whether the converter spells `schema` as an object with members (as `_body` reads it)."""
+    if not isinstance(schema, dict) or "$ref" in schema or schema.get("nullable") is True:
+        return False
+    if not {"const", "enum", "anyOf", "oneOf", "allOf"}.isdisjoint(schema):
+        return False
+    kind = schema.get("type")
+    if kind is None:
+        kind = _implied_type(schema)
+    return kind == "object" and ("properties" in schema or "additionalProperties" in schema)
 
 
 def _implied_type(schema: dict) -> str | None:

@@ -1,7 +1,8 @@
 """Grammar bounds on the real stack (gateway, Store, Distribution, Runner) with the tiny GGUF: schemas
 that once became 77 MB of GBNF and gigabytes in the engine are refused at once or compiled in linear
-size, and while such requests are in flight another client's json_object request is still served
-(its wait for the grammar pool is no longer counted as its own conversion time)."""
+size, a union of models told apart by a tag is served while one that leaves too many alternatives open
+at once is refused, and while such requests are in flight another client's json_object request is
+still served (its wait for the grammar pool is no longer counted as its own conversion time)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,22 @@ def booleans(n: int, required: bool) -> dict:
     return {"type": "object", "properties": {k: {"type": "boolean"} for k in names}, "required": names if required else []}
 
 
-def retyped(copies: int) -> dict:
-    """One 100 KB key under `copies` copies of the same type, each converted anew: a 201 KB schema (the
-    Runner takes 256 KiB) that made 50 MB of GBNF."""
-    key = "k" * 100_000
-    return {"type": ["object"] * copies, "properties": {key: {"type": "boolean"}}, "required": [key]}
+def copied(unions: int) -> dict:
+    """Two models with 50 KB keys, each of `unions` different unions of them spelling both out in its
+    prefix tree: a 200 KB schema (the Runner takes 256 KiB) whose grammar passes 1 MiB."""
+    defs = {m: {"type": "object", "properties": {m * 50_000: {"type": "boolean"}}, "required": [m * 50_000]}
+            for m in ("a", "b")}
+    options = [{"$ref": "#/$defs/a"}, {"$ref": "#/$defs/b"}]
+    properties = {f"u{i}": {"anyOf": [*options, {"const": i}]} for i in range(unions)}
+    return {"type": "object", "properties": properties, "required": list(properties), "$defs": defs}
+
+
+def tagged(n: int) -> dict:
+    """n models in a oneOf as pydantic writes a discriminated union: a shared field, then the tag."""
+    defs = {f"M{i}": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"const": f"t{i}"}},
+                      "required": ["name", "kind"]} for i in range(n)}
+    return {"oneOf": [{"$ref": f"#/$defs/M{i}"} for i in range(n)], "$defs": defs,
+            "discriminator": {"propertyName": "kind"}}
 
 
 def chat(url: str, response_format: dict) -> httpx.Response:
@@ -59,14 +71,29 @@ def test_2400_required_properties_are_served(stack):
 
 
 def test_a_schema_past_the_size_bound_is_refused(stack):
-    message = refusal(chat(stack.url, schema_format(retyped(100))))
+    message = refusal(chat(stack.url, schema_format(copied(12))))
     assert "response_format" in message and "too large" in message
+
+
+def test_a_union_of_256_tagged_models_is_served(stack):
+    """One rule per model had left 256 paths open until the tag: 1.5 s a masked step with Gemma."""
+    reply = chat(stack.url, schema_format(tagged(256)))
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"].startswith("{")
+
+
+def test_a_union_leaving_too_many_alternatives_open_is_refused(stack):
+    """Objects alike but for the range of their one field: past its key there is nothing left to share."""
+    untagged = {"anyOf": [{"type": "object", "properties": {"n": {"type": "integer", "minimum": i}}, "required": ["n"]}
+                          for i in range(200)]}
+    message = refusal(chat(stack.url, schema_format(untagged)))
+    assert "response_format" in message and "anyOf: leaves 200 alternatives open at once; at most 128" in message
 
 
 def test_json_object_is_served_while_big_schemas_are_in_flight(stack):
     """The review's repro: two clients send the biggest schemas (the 77 MB one of old included) while a
     third sends plain json_object requests: every one of those is served, none blamed for the others."""
-    big = [booleans(2400, required=False), booleans(2400, required=True), retyped(100)]
+    big = [booleans(2400, required=False), booleans(2400, required=True), copied(12)]
 
     def flood(client: int) -> set[int]:
         # A fresh title per request: never cached, so converted and compiled every time.

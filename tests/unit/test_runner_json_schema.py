@@ -2,13 +2,15 @@
 keywords are named, and for random schemas llama.cpp compiles the grammar and every answer it lets
 through validates against the schema (property test with hypothesis, on the tiny GGUF's vocabulary).
 An object's grammar accepts exactly its members in order with the required ones, in size linear in
-them; a schema past a bound (bytes, spelt-out repetitions, optional members, CPU time) is refused,
-and waiting for the conversion pool never counts against a request's time."""
+them; a union accepts exactly what one rule per alternative did, its alternatives sharing a prefix
+tree; a schema past a bound (bytes, spelt-out repetitions, optional members, alternatives open at
+once, CPU time) is refused, and waiting for the conversion pool never counts against a request's time."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 
@@ -21,7 +23,10 @@ from hypothesis import strategies as st
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner import grammars
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
-from modelrunner.runner.json_schema_gbnf import MAX_GBNF_BYTES, MAX_OPTIONAL, UnsupportedSchema, schema_to_gbnf
+from modelrunner.runner import json_schema_gbnf
+from modelrunner.runner.json_schema_gbnf import (
+    MAX_ALTERNATIVES, MAX_GBNF_BYTES, MAX_OPTIONAL, UnsupportedSchema, schema_to_gbnf,
+)
 from modelrunner.v1 import runner_pb2
 
 EOS = 2  # the tiny GGUF's </s>; its other tokens are the bytes 3..255, token id = byte value
@@ -229,16 +234,26 @@ def test_thousands_of_required_members_compile_and_are_enforced(model):
         (booleans(2400), "required", f"leaves 2400 properties optional; at most {MAX_OPTIONAL}"),
         (booleans(2000, required=True, width=600), "json_schema", f"too large: its grammar passes {MAX_GBNF_BYTES} bytes"),
         ({"enum": [f"{i}" + "x" * 5000 for i in range(250)]}, "json_schema", "too large"),
-        ({"type": ["object"] * 100, "properties": {"k" * 10**5: {}}, "required": ["k" * 10**5]}, "json_schema", "too large"),
         ({"type": "object", "properties": {f"s{i}": {"type": "string", "maxLength": 2000} for i in range(1000)},
           "required": [f"s{i}" for i in range(1000)]}, "json_schema", "maxLength - minLength"),
+        ({"anyOf": [{"type": "string", "maxLength": i} for i in range(200)]}, "anyOf",
+         f"leaves 200 alternatives open at once; at most {MAX_ALTERNATIVES}"),
+        ({"oneOf": [{"type": "object", "properties": {"n": {"type": "integer", "minimum": i}}, "required": ["n"]}
+                    for i in range(200)]}, "oneOf", "leaves 200 alternatives open at once"),
     ],
-    ids=["2400-optional", "long-names", "long-enum", "type-copies", "1000-length-ranges"],
+    ids=["2400-optional", "long-names", "long-enum", "1000-length-ranges", "200-strings", "200-objects-alike"],
 )
 def test_schemas_past_a_bound_are_refused_naming_what_to_simplify(schema, keyword, words):
     with pytest.raises(UnsupportedSchema) as err:
         schema_to_gbnf(json.dumps(schema))
     assert err.value.keyword == keyword and words in str(err.value)
+
+
+def test_equal_rules_are_made_once():
+    """100 copies of one type, each converted anew, made 10 MB of GBNF from a 100 KB key."""
+    key = "k" * 10**5
+    gbnf = schema_to_gbnf(json.dumps({"type": ["object"] * 100, "properties": {key: {}}, "required": [key]}))
+    assert len(gbnf) < 1.1 * len(key)
 
 
 def test_the_time_limit_is_the_conversions_own_cpu_time():
@@ -303,3 +318,142 @@ def test_a_refused_schema_is_refused_from_the_cache_the_second_time(monkeypatch)
             grammars.gbnf_for_schema(schema)
         assert err.value.keyword == "pattern" and str(err.value).startswith("pattern: ")
     assert calls == [schema]
+
+
+UNION_KEYS = ["kind", "k", "name", "", "x y"]  # keys and tags that begin alike, "" among them
+TAGS = ["a", "ab", "b", "", "a b"]
+UNION_VALUES = {"boolean": True, "integer": 7, "string": "ab", "null": None}
+
+
+def union_members() -> st.SearchStrategy[dict]:
+    return st.one_of(
+        st.sampled_from([{"type": kind} for kind in sorted(UNION_VALUES)]),
+        st.builds(lambda tag: {"const": tag}, st.sampled_from(TAGS)),
+        st.builds(lambda tag: {"enum": [tag]}, st.sampled_from(TAGS)),
+    )
+
+
+def union_objects() -> st.SearchStrategy[dict]:
+    def obj(props: dict, required: list) -> dict:
+        return {"type": "object", "properties": props, "required": [k for k in required if k in props]}
+
+    keys = st.sampled_from(UNION_KEYS)
+    return st.builds(obj, st.dictionaries(keys, union_members(), max_size=3), st.lists(keys, unique=True, max_size=3))
+
+
+def union_alternatives() -> st.SearchStrategy[dict]:
+    others = st.one_of(st.builds(lambda tag: {"const": tag}, st.sampled_from(TAGS)),
+                       st.sampled_from([{"type": "string"}, {"type": "null"}]))
+    return st.one_of(union_objects(), union_objects(), others)
+
+
+def union_allows(alternatives: list[dict], text: str) -> bool:
+    """Whether one rule per alternative allows `text`: an object's members in their declared order
+    (the converter's), no others; any other alternative as JSON Schema reads it."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+
+    def allows(alt: dict) -> bool:
+        if alt.get("type") != "object":
+            return jsonschema.Draft202012Validator(alt).is_valid(value)
+        declared = list(alt["properties"])
+        return (isinstance(value, dict) and set(value) <= set(declared) and set(alt["required"]) <= set(value)
+                and list(value) == sorted(value, key=declared.index)
+                and all(jsonschema.Draft202012Validator(alt["properties"][k]).is_valid(v) for k, v in value.items()))
+
+    return any(allows(alt) for alt in alternatives)
+
+
+def own_value(member: dict) -> object:
+    """A value the member's schema (as union_members draws it) allows."""
+    return UNION_VALUES[member["type"]] if "type" in member else member.get("const", member.get("enum", [None])[0])
+
+
+def union_probes(data: st.DataObject, alternatives: list[dict]) -> list[str]:
+    """Answers near the union's: its objects' members, some present, in order or not, each value
+    its own or another member's, spelt both ways JSON is; the tags; and cut-off answers."""
+    pool = [*TAGS, *UNION_VALUES.values()]
+    probes = [json.dumps(v) for v in pool]
+    for alt in (a for a in alternatives if a.get("type") == "object"):
+        keys = list(alt["properties"])
+        present = data.draw(st.lists(st.sampled_from(keys), unique=True) if keys else st.just([]), "present")
+        if data.draw(st.booleans(), "in declared order"):
+            present.sort(key=keys.index)
+        value = {k: own_value(alt["properties"][k]) if data.draw(st.booleans(), "own value")
+                 else data.draw(st.sampled_from(pool)) for k in present}
+        text = json.dumps(value, separators=data.draw(st.sampled_from([(", ", ": "), (",", ":")])))
+        probes += [text, text[:data.draw(st.integers(0, len(text)), "cut")]]
+    return probes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_union_accepts_exactly_what_one_rule_per_alternative_did(model, data):
+    """The prefix tree (objects' keys and const tags shared until they differ, referenced models
+    looked into) against the union as it was spelt before, one rule each, and against its meaning."""
+    alternatives = data.draw(st.lists(union_alternatives(), min_size=1, max_size=6), "alternatives")
+    referred = {i for i, alt in enumerate(alternatives)
+                if alt.get("type") == "object" and data.draw(st.booleans(), "by reference")}
+    defs = {f"M{i}": alternatives[i] for i in referred}
+    options = [{"$ref": f"#/$defs/M{i}"} if i in referred else alt for i, alt in enumerate(alternatives)]
+    key = data.draw(st.sampled_from(["anyOf", "oneOf"]))
+    factored = schema_to_gbnf(json.dumps({key: options, "$defs": defs}))
+    one_rule_each = schema_to_gbnf(json.dumps({key: [{"anyOf": [o]} for o in options], "$defs": defs}))
+    for text in union_probes(data, alternatives):
+        legal = union_allows(alternatives, text)
+        assert accepts(model, factored, text) == legal, text
+        assert accepts(model, one_rule_each, text) == legal, text
+
+
+def tagged_models(n: int) -> dict:
+    """A discriminated union as pydantic writes it: references to models sharing a base field, then a
+    Literal tag, then a field of their own."""
+    models = {f"M{i}": {"title": f"M{i}", "type": "object",
+                        "properties": {"name": {"title": "Name", "type": "string"},
+                                       "kind": {"const": f"t{i}", "title": "Kind", "type": "string"},
+                                       f"v{i}": {"title": "V", "type": "integer"}},
+                        "required": ["name", "kind", f"v{i}"]} for i in range(n)}
+    return {"oneOf": [{"$ref": f"#/$defs/{m}"} for m in models], "$defs": models,
+            "discriminator": {"propertyName": "kind", "mapping": {f"t{i}": f"#/$defs/M{i}" for i in range(n)}}}
+
+
+def test_a_union_of_256_tagged_models_leaves_few_paths_open_and_accepts_exactly_them(model, monkeypatch):
+    """One rule per model left 256 paths open until the tag (1.5 s a masked step with Gemma): now the
+    models share them up to the tag, which branches a digit at a time."""
+    monkeypatch.setattr(json_schema_gbnf, "MAX_ALTERNATIVES", 11)  # t1, t10..t19: 11 ways on after "t1"
+    gbnf = schema_to_gbnf(json.dumps(tagged_models(256)))
+    for i in (0, 1, 19, 100, 255):
+        assert accepts(model, gbnf, json.dumps({"name": "x", "kind": f"t{i}", f"v{i}": 3}))
+        assert not accepts(model, gbnf, json.dumps({"name": "x", "kind": f"t{i}", f"v{(i + 1) % 256}": 3}))
+        assert not accepts(model, gbnf, json.dumps({"kind": f"t{i}", "name": "x", f"v{i}": 3}))
+    assert not accepts(model, gbnf, json.dumps({"name": "x", "kind": "t256", "v256": 3}))
+    models = tagged_models(12)
+    one_rule_each = models | {"oneOf": [{"anyOf": [option]} for option in models["oneOf"]]}
+    with pytest.raises(UnsupportedSchema, match="oneOf: leaves 12 alternatives open at once; at most 11"):
+        schema_to_gbnf(json.dumps(one_rule_each))
+
+
+def test_a_union_of_objects_with_distinct_first_keys_branches_on_the_keys(monkeypatch):
+    """256 objects, each with a key of its own: at most 26 paths (a letter each) open at once, not 256."""
+    rng = random.Random(0)
+    keys = {"".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(256)}
+    monkeypatch.setattr(json_schema_gbnf, "MAX_ALTERNATIVES", 26)
+    schema_to_gbnf(json.dumps({"anyOf": [{"type": "object", "properties": {k: {"type": "string"}}, "required": [k]}
+                                         for k in keys]}))
+
+
+def test_a_recursive_union_of_models_compiles_and_is_enforced(model):
+    """A tree of models (a branch holds a list of the union itself): each reference to a model still
+    being spelt is to its rule."""
+    defs = {"Leaf": {"type": "object", "properties": {"kind": {"const": "leaf"}, "v": {"type": "integer"}},
+                     "required": ["kind", "v"]},
+            "Branch": {"type": "object", "properties": {"kind": {"const": "branch"}, "kids": {
+                "type": "array", "items": {"$ref": "#/$defs/Node"}, "maxItems": 2}}, "required": ["kind", "kids"]},
+            "Node": {"anyOf": [{"$ref": "#/$defs/Leaf"}, {"$ref": "#/$defs/Branch"}]}}
+    gbnf = schema_to_gbnf(json.dumps({"$ref": "#/$defs/Node", "$defs": defs}))
+    tree = {"kind": "branch", "kids": [{"kind": "leaf", "v": 1}, {"kind": "branch", "kids": []}]}
+    assert accepts(model, gbnf, json.dumps(tree))
+    tree["kids"][0]["kind"] = "branch"
+    assert not accepts(model, gbnf, json.dumps(tree))
