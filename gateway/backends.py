@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelrunner.common.channels import open_channel
+from modelrunner.common.errors import REASON_KEY
 from modelrunner.v1 import distribution_pb2_grpc, runner_pb2, runner_pb2_grpc, store_pb2_grpc
 
 HEALTH_TIMEOUT_S = 1.0
@@ -27,6 +28,7 @@ class UpstreamError(Exception):
         details: str,
         retry_after: str = "",
         unreachable: bool = False,
+        reason: str = "",
     ) -> None:
         super().__init__(f"{service}: {code.name}: {details}")
         self.service = service
@@ -35,11 +37,12 @@ class UpstreamError(Exception):
         self.details = details
         self.retry_after = retry_after
         self.unreachable = unreachable  # the service is down or went away mid-call (not one reporting UNAVAILABLE)
+        self.reason = reason  # REASON_KEY's value: why, where the code alone is ambiguous (disk_full)
 
 
-def _retry_after(error: grpc.aio.AioRpcError) -> str:
+def _trailer(error: grpc.aio.AioRpcError, name: str) -> str:
     for key, value in error.trailing_metadata() or ():
-        if key == "retry-after":
+        if key == name:
             return str(value)
     return ""
 
@@ -74,7 +77,8 @@ class Service:
         code, details = error.code(), error.details() or ""
         lost = connection_lost(code, details, self.channel.get_state() == grpc.ChannelConnectivity.READY)
         code = grpc.StatusCode.UNAVAILABLE if lost else code
-        return UpstreamError(self.name, self.address, code, details, _retry_after(error), unreachable=lost)
+        return UpstreamError(self.name, self.address, code, details, _trailer(error, "retry-after"), unreachable=lost,
+                             reason=_trailer(error, REASON_KEY))
 
     async def unary(self, method: str, request, timeout: float):
         """Calls a unary method by name with a deadline."""

@@ -6,12 +6,14 @@ client names)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic_core import PydanticCustomError
+from starlette.requests import ClientDisconnect
 
 from modelrunner.common.names import is_digest
 from modelrunner.gateway import proto_json
@@ -130,16 +132,27 @@ async def _upload_blob(request: Request, digest: str) -> JSONResponse:
     if not is_digest(digest):
         raise APIError(400, f"digest {digest!r} must be sha256:<64 hex digits> of the uploaded bytes", param="digest")
     header = store_pb2.WriteBlobRequest(header=store_pb2.BlobHeader(digest=digest, size=int(length), offset=0))
+    gone: list[ClientDisconnect] = []
 
     async def messages():
         yield header
-        async for data in request.stream():
-            if data:
-                yield store_pb2.WriteBlobRequest(data=data)
+        try:
+            async for data in request.stream():
+                if data:
+                    yield store_pb2.WriteBlobRequest(data=data)
+        except ClientDisconnect as exc:  # grpc cancels the call; the Store keeps what arrived
+            gone.append(exc)
+            raise
 
     store: Service = request.app.state.backends.store
     try:
         reply = await store.stub.WriteBlob(messages(), timeout=request.app.state.options.long_timeout)
+    except asyncio.CancelledError:
+        # grpc cancelled the call because the client went away (not this request's own cancellation):
+        # answer 499 rather than leave an unhandled error and its traceback in the log.
+        if not gone or asyncio.current_task().cancelling():
+            raise
+        raise APIError(499, "the client closed the request", code="client_closed_request") from None
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.DATA_LOSS:  # the bytes sent are not the digest named: the client's
             raise APIError(400, error.details() or "the bytes do not match the digest", param="digest") from None

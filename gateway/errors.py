@@ -1,6 +1,7 @@
 """Every error the gateway answers, in the OpenAI error body `{"error": {message, type, param, code}}`.
 
-gRPC statuses map to HTTP statuses as DESIGN.md says (modelrunner.common.errors.http_status); a
+gRPC statuses map to HTTP statuses as DESIGN.md says (modelrunner.common.errors.http_status), except a
+full disk (RESOURCE_EXHAUSTED with reason disk_full): 507, with no Retry-After, as no retry soon helps; a
 request FastAPI rejects is a 400 naming the field (not FastAPI's 422); anything unexpected is a 500
 with a short message, never a traceback.
 """
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelrunner.common.errors import http_status
+from modelrunner.common.errors import DISK_FULL, http_status
 from modelrunner.gateway.backends import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         502: "a service lost data",
         503: "a service is down or unavailable (the message names it)",
         504: "a service did not answer in time",
+        507: "the models volume is full (the message says how much the write needed)",
     }.items()
 }
 
@@ -106,17 +108,19 @@ class APIError(Exception):
 
 def from_upstream(error: UpstreamError, *, model: str | None = None) -> APIError:
     """The HTTP answer for a failed gRPC call; `model` adds how to pull it to a NOT_FOUND."""
-    status, kind = http_status(error.code)
+    status, kind = http_status(error.code, error.reason)
     message = error.details or error.code.name
     headers: dict[str, str] = {}
+    code = error.code.name.lower()
     if error.unreachable:
         message = (f"the {error.service} service at {error.address} is unavailable ({message}): it is not running "
                    "or went away during the call; retry once it is back")
     elif error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"the {error.service} service did not answer in time ({message})"
+    elif error.reason == DISK_FULL:  # 507: retrying in a second, as a 429 says, cannot help
+        code = "insufficient_storage"
     elif error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         headers["Retry-After"] = error.retry_after or DEFAULT_RETRY_AFTER_S
-    code = error.code.name.lower()
     if model is not None and error.code == grpc.StatusCode.NOT_FOUND:
         code = "model_not_found"
         if "pull" not in message:

@@ -3,6 +3,8 @@ this process has TLS configured (tls.current()), TLS with its client certificate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from modelrunner.common import tls
@@ -19,15 +21,17 @@ CLIENT_OPTIONS = [
 ]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
+def open_channel(address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
+    """A channel to `address`; `interceptors` run inside the telemetry ones, nearest the call."""
+    chain = [*client_interceptors(), *interceptors]
     settings = tls.current()
     if settings is None:
-        return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=client_interceptors())
+        return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=chain)
     return grpc.aio.secure_channel(
         address,
         settings.channel_credentials(),
         options=[*CLIENT_OPTIONS, *settings.channel_options()],
-        interceptors=client_interceptors(),
+        interceptors=chain,
     )
 
 

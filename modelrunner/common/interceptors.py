@@ -1,5 +1,7 @@
 """Turns ServiceError (and InvalidReference) raised by a servicer into the call's gRPC status, so
-servicers raise errors instead of threading `context.abort` through every helper."""
+servicers raise errors instead of threading `context.abort` through every helper. A write that failed for
+want of space anywhere (an OSError ENOSPC, EDQUOT or EFBIG) is RESOURCE_EXHAUSTED with reason disk_full,
+not UNKNOWN with the exception's repr."""
 
 from __future__ import annotations
 
@@ -8,15 +10,17 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from modelrunner.common.errors import ServiceError
+from modelrunner.common.errors import REASON_KEY, ServiceError, disk_full, no_space
 from modelrunner.common.names import InvalidReference
 
 log = logging.getLogger(__name__)
 
 
 async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    if no_space(exc):
+        exc = disk_full(f"cannot write: {no_space(exc)} ({exc.strerror}); free space and try again")
     if isinstance(exc, ServiceError):
-        await context.abort(exc.code, exc.message)
+        await context.abort(exc.code, exc.message, ((REASON_KEY, exc.reason),) if exc.reason else ())
     if isinstance(exc, InvalidReference):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     raise exc
@@ -26,7 +30,7 @@ def _wrap_unary(behavior: Callable) -> Callable:
     async def wrapper(request_or_iterator, context):
         try:
             return await behavior(request_or_iterator, context)
-        except (ServiceError, InvalidReference) as exc:
+        except (ServiceError, InvalidReference, OSError) as exc:
             await _abort_for(exc, context)
 
     return wrapper
@@ -37,7 +41,7 @@ def _wrap_stream(behavior: Callable) -> Callable:
         try:
             async for item in behavior(request_or_iterator, context):
                 yield item
-        except (ServiceError, InvalidReference) as exc:
+        except (ServiceError, InvalidReference, OSError) as exc:
             await _abort_for(exc, context)
 
     return wrapper

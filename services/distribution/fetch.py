@@ -59,6 +59,7 @@ async def download_blob(
         before = offset
         try:
             await _attempt(client, repository, blob, sink, counter, offset, hasher)
+            counter.current = blob.size  # the Store may have found it whole before the stream's end
             return
         except ServiceError as exc:
             # The Store kept a different number of bytes than we asked about (a cancelled write was

@@ -7,13 +7,12 @@ import logging
 from collections.abc import Sequence
 
 from modelrunner.common import config
-from modelrunner.common.channels import open_channel
 from modelrunner.common.server import grace_seconds, init_process, serve
 from modelrunner.distribution import settings
 from modelrunner.distribution.context import Context
 from modelrunner.distribution.registry import RegistryOptions
 from modelrunner.distribution.servicer import SERVICE_NAME, DistributionServicer, register
-from modelrunner.distribution.store_client import StoreClient
+from modelrunner.distribution.store_client import StoreClient, store_channel
 
 SETTINGS = (config.LISTEN, config.STORE_ADDR, *settings.SETTINGS, *config.COMMON)
 
@@ -36,7 +35,7 @@ def context_from(args, store: StoreClient) -> Context:
 
 
 async def run(args) -> None:
-    channel = open_channel(args.store_addr)
+    channel = store_channel(args.store_addr)
     ctx = context_from(args, StoreClient(channel))
     await serve(
         "distribution",

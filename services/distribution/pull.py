@@ -1,7 +1,8 @@
 """Pull: resolve a reference to a model manifest, fetch the blobs the Store lacks, then commit.
 
 The manifest is committed only after every blob is in the Store and verified, so a failed pull
-leaves no model behind (at most partial blobs, which the next pull resumes).
+leaves no model behind (at most partial blobs, which the next pull resumes). A blob the pull found in
+the Store but a delete collected before the commit is fetched again, and the commit retried.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import asyncio
 
 import grpc
 
-from modelrunner.common.errors import ServiceError
+from modelrunner.common.errors import DISK_FULL, ServiceError, disk_full
+from modelrunner.common.gguf_info import human_size
 from modelrunner.common.names import Reference
 from modelrunner.common.oci import Blob
 from modelrunner.distribution.context import Context
+from modelrunner.distribution.credentials import Credentials
 from modelrunner.distribution.fetch import download_blob
 from modelrunner.distribution.manifests import (
     INDEXES,
@@ -26,6 +29,8 @@ from modelrunner.distribution.manifests import (
 from modelrunner.distribution.progress import LayerCounter, TransferProgress
 from modelrunner.distribution.registry import RegistryClient
 from modelrunner.distribution.tasks import run_all
+
+COMMIT_ATTEMPTS = 3  # fetches of what the Store lacks, each followed by a commit
 
 
 async def resolve(client: RegistryClient, ref: Reference) -> ModelManifest:
@@ -49,6 +54,25 @@ async def pull(ctx: Context, name: str, insecure: bool, progress: TransferProgre
     login = await ctx.login(ref)
     async with ctx.client(ref, "pull", insecure, login) as client:
         manifest = await resolve(client, ref)
+    tags = [str(ref.with_tag(ref.tag))] if ref.tag else []
+    for _ in range(COMMIT_ATTEMPTS - 1):
+        await _fetch_missing(ctx, ref, insecure, login, manifest, progress)
+        try:
+            return await ctx.store.commit(manifest.raw, tags)
+        except ServiceError as exc:
+            # A blob found in the Store was collected before the commit (a delete of the model raced
+            # this pull): the Store refuses the manifest, and fetching the blob again makes it whole.
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+    await _fetch_missing(ctx, ref, insecure, login, manifest, progress)
+    return await ctx.store.commit(manifest.raw, tags)
+
+
+async def _fetch_missing(
+    ctx: Context, ref: Reference, insecure: bool, login: Credentials | None, manifest: ModelManifest,
+    progress: TransferProgress,
+) -> None:
+    """Downloads the manifest's blobs the Store lacks; a full disk says what the whole pull needs."""
     missing: list[Blob] = []
     for blob in manifest.blobs:
         if (await ctx.store.stat(blob.digest)).exists:
@@ -67,6 +91,11 @@ async def pull(ctx: Context, name: str, insecure: bool, progress: TransferProgre
 
             await ctx.downloads.run(blob, start, progress.watch)
 
-    await run_all([fetch(blob) for blob in missing])
-    tags = [str(ref.with_tag(ref.tag))] if ref.tag else []
-    return await ctx.store.commit(manifest.raw, tags)
+    try:
+        await run_all([fetch(blob) for blob in missing])
+    except ServiceError as exc:
+        if exc.reason != DISK_FULL:
+            raise
+        needed = human_size(sum(blob.size for blob in missing))
+        message = f"{exc.message}. Pulling {ref.familiar} needs {needed} for the layers the store lacked"
+        raise disk_full(message) from None

@@ -7,13 +7,15 @@ implements both over the Store's gRPC API. Store errors keep their status code a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
-from modelrunner.common.errors import ServiceError
+from modelrunner.common.channels import open_channel
+from modelrunner.common.errors import ANSWERED, REASON_KEY, ServiceError
 from modelrunner.common.oci import Blob
 from modelrunner.v1 import store_pb2, store_pb2_grpc
 
@@ -51,10 +53,39 @@ class BlobSource(Protocol):
 
 
 def store_error(exc: grpc.aio.AioRpcError) -> ServiceError:
+    """The Store's status as this service's own, with its reason (a full disk stays a full disk)."""
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServiceError(code, f"the Store is unavailable: {exc.details()}")
-    return ServiceError(code, exc.details() or f"Store call failed ({code.name})")
+    reason = dict(exc.trailing_metadata() or ()).get(REASON_KEY, "")
+    return ServiceError(code, exc.details() or f"Store call failed ({code.name})", reason)
+
+
+# What CallStarted hands each WriteBlob call to, in the context the writer made the call in.
+_on_start: ContextVar[Callable[[grpc.aio.StreamUnaryCall], None] | None] = ContextVar("on_start", default=None)
+
+
+class CallStarted(grpc.aio.StreamUnaryClientInterceptor):
+    """Hands a blob writer its call as soon as it starts, to watch for ANSWERED: the OpenTelemetry
+    interceptor outside this one hands the call back only once it has ended, too late for that."""
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        call = await continuation(client_call_details, request_iterator)
+        on_start = _on_start.get()
+        if on_start is not None:
+            on_start(call)
+        return call
+
+
+def store_channel(address: str) -> grpc.aio.Channel:
+    return open_channel(address, [CallStarted()])
+
+
+def answered(metadata: asyncio.Future) -> bool:
+    """Whether the Store sent ANSWERED: it decided the write before the stream's end."""
+    if not metadata.done() or metadata.cancelled() or metadata.exception() is not None:
+        return False
+    return tuple(ANSWERED) in tuple(metadata.result() or ())
 
 
 class StoreClient:
@@ -74,17 +105,22 @@ class StoreClient:
         # A request iterator, not call.write(): the OpenTelemetry aio client interceptor on our channels
         # awaits the call's end before handing the call back, so call.write() would never be reached.
         failure: list[Exception] = []
+        metadata: list[asyncio.Future] = []  # the call's initial metadata (CallStarted): ANSWERED if decided early
 
         async def requests() -> AsyncIterator[store_pb2.WriteBlobRequest]:
             header = store_pb2.BlobHeader(digest=blob.digest, size=blob.size, offset=offset, media_type=blob.media_type)
             yield store_pb2.WriteBlobRequest(header=header)
             try:
                 async for data in chunks:
+                    if metadata and answered(metadata[0]):  # the blob existed, the disk is full: stop sending
+                        return
                     yield store_pb2.WriteBlobRequest(data=data)
             except Exception as exc:  # the source broke: end the stream, the Store keeps what it got
                 failure.append(exc)
 
+        token = _on_start.set(lambda started: metadata.append(asyncio.ensure_future(started.initial_metadata())))
         call = self.stub.WriteBlob(requests())
+        _on_start.reset(token)
         try:
             await call
         except grpc.aio.AioRpcError as exc:
@@ -94,6 +130,9 @@ class StoreClient:
         except asyncio.CancelledError:
             call.cancel()
             raise
+        finally:
+            for future in metadata:
+                future.cancel()
         if failure:
             raise failure[0]
 

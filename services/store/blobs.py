@@ -1,7 +1,9 @@
 """Blobs: streamed in, hashed while written, verified, fsynced, then renamed into place.
 
 A write appends to `ingest/<hex>` and only a verified blob is renamed to `blobs/sha256/<hex>`, so a
-crash leaves at most a partial upload, which the next writer resumes (StatBlob says from where).
+crash leaves at most a partial upload, which the next writer resumes (StatBlob says from where). A write
+the volume has no room for discards its partial instead (RESOURCE_EXHAUSTED, saying how much it needed):
+kept, it would hold the last free bytes, and even a delete, which rewrites index.json, would fail.
 Writes of one digest are serialised by a per-digest lock: two writers of the same blob make one
 write, and the second finds it complete. Disk work runs in a thread pool so many streams proceed at
 once; what a stream receives while one batch of chunks is hashed (one thread) and written (another)
@@ -11,8 +13,10 @@ is the next batch, and the file is flushed in the background as it grows, so the
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import shutil
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable
@@ -23,7 +27,8 @@ from pathlib import Path
 import grpc
 from modelrunner.store.layout import Layout, check_digest, fsync_dir
 
-from modelrunner.common.errors import ServiceError, invalid, not_found
+from modelrunner.common.errors import ServiceError, disk_full, invalid, no_space, not_found
+from modelrunner.common.gguf_info import human_size
 
 Data = bytes | memoryview  # a chunk of a blob as received (a view of the gRPC message)
 
@@ -52,6 +57,19 @@ class WriteResult:
     digest: str
     size: int
     existed: bool
+
+
+def no_room_message(digest: str, size: int, written: int, free: int, exc: OSError) -> str:
+    """What a write that ran out of room tells its writer: the blob's size, what is free, what to do."""
+    what = f"blob {digest} ({human_size(size)}) does not fit on the models volume: {no_space(exc)} ({exc.strerror})"
+    done = f"the {human_size(written)} written were discarded"
+    if exc.errno == errno.EFBIG:
+        return f"{what}; {done}: raise the Store's file size limit or use a filesystem that takes files this large"
+    if size > free:
+        advice = f"free at least {human_size(size - free)} more (`modelrunner rm` a model) and try again"
+    else:
+        advice = "other writes held the rest: try again"
+    return f"{what}; {done} and {human_size(free)} are free: {advice}"
 
 
 class _Ingest:
@@ -181,8 +199,8 @@ class BlobStore:
         """Writes the blob from `offset` with the data of `chunks`.
 
         `offset` must equal the bytes of the partial upload held (StatBlob), or be 0 to start again.
-        A stream that ends short keeps its bytes for a resume; too many bytes or a digest mismatch
-        discards them.
+        A stream that ends short keeps its bytes for a resume; too many bytes, a digest mismatch or a
+        volume without room for them (RESOURCE_EXHAUSTED, reason disk_full) discards them.
         """
         check_digest(digest)
         if size < 0 or offset < 0 or offset > size:
@@ -203,22 +221,40 @@ class BlobStore:
                     f"blob {digest}: the write starts at offset {offset}, but the Store holds {held} bytes "
                     f"of it: resume at offset {held} (StatBlob) or start again at 0",
                 )
-            ingest = await self._run(_Ingest, partial_path, offset, self.executor)
             try:
-                await self._receive(ingest, digest, size, chunks)
-                actual = await self._run(ingest.finish)
-            finally:
-                await self._run(ingest.close)
-            if actual != digest:
-                await self._run(partial_path.unlink, True)
-                raise ServiceError(
-                    grpc.StatusCode.DATA_LOSS,
-                    f"blob {digest}: the {size} bytes received have digest {actual}; they were discarded, "
-                    "write the blob again",
-                )
-            await self._run(self._commit, partial_path, digest)
+                await self._store(partial_path, digest, size, offset, chunks)
+            except OSError as exc:
+                if not no_space(exc):
+                    raise
+                raise await self._run(self._no_room, exc, digest, size) from None
             self.lease(digest)
             return WriteResult(digest, size, False)
+
+    async def _store(
+        self, partial_path: Path, digest: str, size: int, offset: int, chunks: AsyncIterator[Data]
+    ) -> None:
+        """Appends the stream to the partial upload, verifies the whole and renames it into place."""
+        ingest = await self._run(_Ingest, partial_path, offset, self.executor)
+        try:
+            await self._receive(ingest, digest, size, chunks)
+            actual = await self._run(ingest.finish)
+        finally:
+            await self._run(ingest.close)
+        if actual != digest:
+            await self._run(partial_path.unlink, True)
+            raise ServiceError(
+                grpc.StatusCode.DATA_LOSS,
+                f"blob {digest}: the {size} bytes received have digest {actual}; they were discarded, "
+                "write the blob again",
+            )
+        await self._run(self._commit, partial_path, digest)
+
+    def _no_room(self, exc: OSError, digest: str, size: int) -> ServiceError:
+        """Discards the partial upload of a write the volume had no room for; the error says how much
+        the blob needs against what is free once it is gone."""
+        written = self._unlink(self.layout.partial(digest)) or 0
+        free = shutil.disk_usage(self.layout.ingest).free
+        return disk_full(no_room_message(digest, size, written, free, exc))
 
     async def _receive(self, ingest: _Ingest, digest: str, size: int, chunks: AsyncIterator[Data]) -> None:
         """Appends the stream to `ingest`: while one batch of chunks is hashed (one thread) and written

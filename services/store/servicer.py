@@ -13,7 +13,7 @@ from modelrunner.store.package import package
 from modelrunner.v1 import store_pb2, store_pb2_grpc, types_pb2
 
 from modelrunner.common import media_types
-from modelrunner.common.errors import ServiceError, invalid
+from modelrunner.common.errors import ANSWERED, ServiceError, invalid
 
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 
@@ -35,12 +35,14 @@ def whole(value: float, what: str) -> int:
     return int(value)
 
 
-async def _drain(request_iterator, limit: float) -> None:
-    """Reads what the writer still sends (up to the bytes it declared) before the call ends.
+async def _drain(context: grpc.aio.ServicerContext, request_iterator, limit: float) -> None:
+    """Says the answer is decided (ANSWERED, so a writer that watches stops sending), then reads what the
+    writer still sends (up to the bytes it declared) before the call ends.
 
     A grpc client still sending when the server answers can see INTERNAL instead of the answer, so a
     writer that is told "existed" or an error early gets that answer reliably.
     """
+    await context.send_initial_metadata((ANSWERED,))
     received = 0
     try:
         async for message in request_iterator:
@@ -132,9 +134,9 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             size, offset = whole(header.size, "size"), whole(header.offset, "offset")
             result = await self.store.blobs.write(header.digest, size, offset, data())
         except ServiceError:
-            await _drain(request_iterator, max(size - offset, 0))
+            await _drain(context, request_iterator, max(size - offset, 0))
             raise
-        await _drain(request_iterator, size - offset)
+        await _drain(context, request_iterator, size - offset)
         return store_pb2.WriteBlobResponse(digest=result.digest, size=result.size, existed=result.existed)
 
     async def ReadBlob(self, request, context) -> AsyncIterator[store_pb2.BlobChunk]:

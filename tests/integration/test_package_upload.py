@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.support.registry import ServiceProcess, hidden_from
+from tests.support.registry import ServiceProcess, gateway, hidden_from
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELRUNNER = str(Path(sys.executable).parent / "modelrunner")
 
 
@@ -31,6 +28,7 @@ class Edge:
     models_dir: Path
     client_dir: Path  # where the client keeps its files: an empty tmpfs for the Store where unshare works
     hidden: bool
+    gateway_log: Path
 
 
 @pytest.fixture
@@ -43,29 +41,10 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
     launcher = hidden_from(client_dir)
     store = ServiceProcess("modelrunner.store", {"MODELRUNNER_MODELS_DIR": str(models_dir)}, tmp_path / "store",
                            launcher).start()
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    env = {**os.environ, "MODELRUNNER_STORE_ADDR": store.addr, "MODELRUNNER_HTTP_LISTEN": f"127.0.0.1:{port}",
-           "MODELRUNNER_LISTEN": f"127.0.0.1:{free_port()}", "MODELRUNNER_DISTRIBUTION_ADDR": f"127.0.0.1:{free_port()}",
-           "MODELRUNNER_RUNNER_ADDR": f"127.0.0.1:{free_port()}", "MODELRUNNER_LOG_FORMAT": "text"}
-    with open(log, "ab") as out:
-        gateway = subprocess.Popen([sys.executable, "-m", "modelrunner.gateway"], env=env, cwd=ROOT, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert gateway.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not serve /models"
-            time.sleep(0.2)
-        yield Edge(url, store, models_dir, client_dir, launcher is not None)
+        with gateway(tmp_path, store.addr) as url:
+            yield Edge(url, store, models_dir, client_dir, launcher is not None, tmp_path / "gateway.log")
     finally:
-        gateway.terminate()
-        gateway.wait(20)
         store.stop()
 
 

@@ -12,6 +12,7 @@ killed and restarted on the same port and storage (to test resumed pulls). Optio
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -310,12 +311,21 @@ def upload(url: str, repository: str, tag: str, manifest: bytes, blobs: dict[str
 class ServiceProcess:
     """`python -m modelrunner.<module>` on a free 127.0.0.1 port, ready once its health says SERVING."""
 
-    def __init__(self, module: str, env: dict[str, str], workdir: Path, launcher: list[str] | None = None) -> None:
-        """`launcher` runs the command (e.g. in its own mount namespace: see hidden_from)."""
+    def __init__(
+        self,
+        module: str,
+        env: dict[str, str],
+        workdir: Path,
+        launcher: list[str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """`launcher` runs the command (e.g. in its own mount namespace: see hidden_from); `preexec_fn`
+        runs in the child before it (e.g. file_size_limit)."""
         import os
 
         self.module = module
         self.launcher = launcher or []
+        self.preexec_fn = preexec_fn
         self.port = _free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.env = {**os.environ, "MODELRUNNER_LOG_FORMAT": "text", "MODELRUNNER_LISTEN": self.addr, **env}
@@ -331,7 +341,7 @@ class ServiceProcess:
         root = Path(__file__).resolve().parents[2]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*self.launcher, sys.executable, "-m", self.module], env=self.env, cwd=root,
-                                         stderr=log)
+                                         stderr=log, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -354,6 +364,53 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def file_size_limit(limit: int) -> Callable[[], None]:
+    """A preexec_fn giving the process a full disk without root: a write() past `limit` bytes of any one file
+    raises OSError EFBIG (SIGXFSZ ignored, as Python does anyway, so the write fails rather than kill it)."""
+
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@contextlib.contextmanager
+def gateway(workdir: Path, store_addr: str, distribution_addr: str = "") -> Iterator[str]:
+    """The gateway in front of these services (the others' addresses unused), on a free port; yields its
+    URL once it serves /models, and stops it on the way out."""
+    import os
+    import sys
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "MODELRUNNER_STORE_ADDR": store_addr, "MODELRUNNER_HTTP_LISTEN": url.removeprefix("http://"),
+           "MODELRUNNER_LISTEN": f"127.0.0.1:{_free_port()}",
+           "MODELRUNNER_DISTRIBUTION_ADDR": distribution_addr or f"127.0.0.1:{_free_port()}",
+           "MODELRUNNER_RUNNER_ADDR": f"127.0.0.1:{_free_port()}", "MODELRUNNER_LOG_FORMAT": "text"}
+    log = workdir / "gateway.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "modelrunner.gateway"], env=env,
+                                cwd=Path(__file__).resolve().parents[2], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not serve /models"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def hidden_from(folder: Path) -> list[str] | None:

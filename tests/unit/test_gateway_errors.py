@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from grpc_health.v1 import health_pb2
 
+from modelrunner.common.errors import DISK_FULL, REASON_KEY
 from modelrunner.gateway.anthropic_convert import error_body
 from modelrunner.gateway.backends import RUNNER_SERVICE, Service
 from modelrunner.gateway.errors import APIError, from_upstream
@@ -171,6 +172,23 @@ def test_a_service_reporting_unavailable_keeps_its_own_words():
     error = from_upstream(distribution._error(grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)))
     assert (error.status, error.message) == (503, details)
+
+
+def test_a_full_disk_is_507_saying_so_and_a_full_queue_stays_429_with_retry_after():
+    """Both are RESOURCE_EXHAUSTED: the Store's reason tells them apart, so a full volume is not a 429
+    asking the client to retry in a second."""
+    store = Service("store", "127.0.0.1:1", StateOnly(READY), stub=None)
+    details = "blob sha256:ab (16.78 MB) does not fit on the models volume: the disk is full"
+
+    def answer(trailers: tuple) -> APIError:
+        return from_upstream(store._error(grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details)))
+
+    full = answer(((REASON_KEY, DISK_FULL),))
+    assert (full.status, full.type, full.code, full.message) == (507, "server_error", "insufficient_storage", details)
+    assert "Retry-After" not in full.headers
+    busy = answer(())
+    assert (busy.status, busy.code, busy.headers) == (429, "resource_exhausted", {"Retry-After": "1"})
 
 
 @pytest.mark.parametrize(

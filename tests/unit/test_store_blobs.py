@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +17,8 @@ from modelrunner.store import blobs
 from modelrunner.store.models import ModelStore
 
 from modelrunner.common import media_types
-from modelrunner.common.errors import ServiceError
+from modelrunner.common.errors import DISK_FULL, ServiceError
+from modelrunner.common.gguf_info import human_size
 from modelrunner.common.names import InvalidReference
 
 CHUNK = 1 << 16
@@ -96,6 +98,55 @@ async def test_two_writers_of_one_blob_make_one_write(store: ModelStore):
     gate.set()
     results = await asyncio.gather(first, second)
     assert [r.existed for r in results] == [False, True]
+
+
+def fill_volume_after(monkeypatch, limit: int, code: int) -> None:
+    """The volume fills when a partial upload holds `limit` bytes: its next write fails with `code`."""
+    write = blobs._Ingest.write
+
+    def limited(self, batch) -> None:
+        for chunk in batch:
+            if self.size >= limit:
+                raise OSError(code, os.strerror(code))
+            write(self, [chunk])
+
+    monkeypatch.setattr(blobs._Ingest, "write", limited)
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    (errno.ENOSPC, "the disk is full"), (errno.EDQUOT, "the disk quota is used up"), (errno.EFBIG, "file size limit"),
+])
+async def test_a_write_the_volume_has_no_room_for_keeps_nothing_and_says_what_it_needed(
+    store: ModelStore, monkeypatch, code: int, words: str
+):
+    """The partial goes: kept on a full volume, it would hold the last free bytes, and the rewrite of
+    index.json that deleting a model needs (to free space) would fail too."""
+    kept = await add_model(store, ["ai/kept"], [b"weights"], "llama")
+    fill_volume_after(monkeypatch, 4 * CHUNK, code)
+    data = os.urandom(16 * CHUNK)
+    digest = digest_of(data)
+    with pytest.raises(ServiceError) as exc:
+        await store.blobs.write(digest, len(data), 0, chunks(data))
+    assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and exc.value.reason == DISK_FULL
+    message = exc.value.message
+    assert words in message and digest in message and human_size(len(data)) in message, message
+    assert f"the {human_size(4 * CHUNK)} written were discarded" in message, message
+    assert list(store.layout.ingest.iterdir()) == [] and not store.blobs.exists(digest)
+    assert [m.id for m in store.list_models()] == [kept]
+    assert (await store.delete("ai/kept", force=False))[-1].deleted == kept
+    monkeypatch.undo()
+    assert not (await store.blobs.write(digest, len(data), 0, chunks(data))).existed
+
+
+@pytest.mark.parametrize(("free", "advice"), [
+    (1_000_000, "1.00 MB are free: free at least 9.00 MB more (`modelrunner rm` a model) and try again"),
+    (20_000_000, "20.00 MB are free: other writes held the rest: try again"),
+])
+def test_no_room_says_how_much_more_to_free(free: int, advice: str):
+    no_space = OSError(errno.ENOSPC, "No space left on device")
+    message = blobs.no_room_message("sha256:" + "a" * 64, 10_000_000, 4_000_000, free, no_space)
+    assert message.startswith(f"blob sha256:{'a' * 64} (10.00 MB) does not fit on the models volume: the disk is full")
+    assert message.endswith(f"the 4.00 MB written were discarded and {advice}"), message
 
 
 def model_bytes(store_layers: list[bytes], arch: str) -> tuple[bytes, list[bytes]]:
