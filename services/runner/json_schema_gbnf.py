@@ -12,7 +12,9 @@ rules are one) and is bounded as it is built, in rules, bytes and CPU time: a sm
 the engine gigabytes. So is what one masked step costs: llama.cpp checks the vocabulary against every path
 its grammar has open, so integers are spelt digit by digit, alternatives that begin alike (enum values, an
 object's first members, a union's objects and consts) share a prefix tree until their text differs, and
-an object or a union may leave only so many paths open at once.
+an object or a union may leave only so many paths open at once (a union counting all that an alternative
+which is itself a union, a list of one, ... opens). An additional property is named unlike every
+declared one, which it would otherwise stand in for with any value.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,27 +136,32 @@ def literal_choice(texts: Iterable[str]) -> str:
     return prefix_tree((t,) for t in sorted(set(texts)))[0]
 
 
-def prefix_tree(spellings: Iterable[Spelling]) -> tuple[str, int]:
+def prefix_tree(spellings: Iterable[Spelling], paths: Callable[[Symbol], int] = lambda _: 1) -> tuple[str, int]:
     """GBNF matching exactly one of `spellings`, where those that begin alike share that beginning, so
     llama.cpp's grammar opens a path per distinct next character or symbol, not one per spelling; and
-    the most paths one of its branch points opens."""
-    return _tree(list(dict.fromkeys(tuple(i for i in s if i != "") for s in spellings)), 0)
+    the most paths one of its branch points opens, a symbol there counting the `paths` its rule opens
+    (a union's alternative that is itself a union opens all of its own)."""
+    return _tree(list(dict.fromkeys(tuple(i for i in s if i != "") for s in spellings)), 0, paths)
 
 
-def _tree(spellings: list[Spelling], depth: int) -> tuple[str, int]:
+def _tree(spellings: list[Spelling], depth: int, paths: Callable[[Symbol], int]) -> tuple[str, int]:
     """`spellings` distinct; () among them makes the whole optional."""
     lead, spellings = _shared_lead(spellings)
     optional = () in spellings
     rest = [s for s in spellings if s]
+
+    def opened(head: Item) -> int:
+        return paths(head) if isinstance(head, Symbol) else 1
+
     if depth >= MAX_TRIE_DEPTH or len(rest) < 2:  # deep enough for the gain; bounds the recursion on both sides
-        parts, width = [_spell(s) for s in rest], len(rest) + optional
+        parts, width = [_spell(s) for s in rest], sum(opened(s[0]) for s in rest) + optional
     else:
         groups: dict[Item, list[Spelling]] = {}
         for s in rest:
             groups.setdefault(s[0][0] if isinstance(s[0], str) else s[0], []).append(s)
-        branches = [_tree(group, depth + 1) for group in groups.values()]
+        branches = [_tree(group, depth + 1, paths) for group in groups.values()]
         parts = [gbnf for gbnf, _ in branches]
-        width = max(len(parts) + optional, *(w for _, w in branches))
+        width = max(sum(map(opened, groups)) + optional, *(w for _, w in branches))
     body = " | ".join(parts)
     if optional and body:
         body = f"({body})?"
@@ -205,9 +212,15 @@ class _Converter:
     def __init__(self, root: Any, time_limit_s: float) -> None:
         self._root = root
         self._rules: dict[str, str] = {}
-        self._refs: dict[str, str] = {}
+        # A reference's rule and spellings are keyed by what it points at (id() of a part of the root, which
+        # lives as long as this): "#/$defs/A" and "#/$defs//A" are one rule, not a conversion each.
+        self._refs: dict[int, str] = {}
         self._named: dict[str, str] = {}  # body -> name: an equal rule is made once
-        self._ref_spellings: dict[str, list[Spelling] | None] = {}  # None: being worked out
+        self._ref_spellings: dict[int, list[Spelling] | None] = {}  # None: being worked out
+        self._ref_paths: dict[int, int] = {}  # what a referenced object's rule opens, with its spellings
+        # rule -> the paths llama.cpp opens in it at once, where more than one: a union's alternative that
+        # is a rule (a union, a list of one, ...) opens all of its own, not one
+        self._paths: dict[str, int] = {}
         self._suffixes: dict[str, int] = {}  # base name -> last suffix given: no rescan per rule
         self._bytes = 0
         self._expansion = 0
@@ -229,9 +242,15 @@ class _Converter:
                 f"is too large: its grammar passes {MAX_GBNF_BYTES} bytes; simplify it (fewer properties, "
                 "optional properties, enum values or alternatives, shorter names)",
             )
+        self._tick()
+        self._rules[name] = body
+
+    def _tick(self) -> None:
+        """Refuses the schema once its conversion has taken its CPU time. Called for each schema visited and
+        each rule set: a rule equal to one made before sets nothing, so `_put` alone is not called often
+        enough (type lists of 30 copies nested 4 deep: 2 minutes without a rule set)."""
         if time.thread_time() > self._deadline:
             raise UnsupportedSchema("json_schema", f"took more than {self._time_limit_s:g} s to convert: simplify it")
-        self._rules[name] = body
 
     def _expand(self, rules: int) -> None:
         """Counts the rules llama.cpp generates for a repetition: a few bytes of GBNF, a lot of engine."""
@@ -311,6 +330,7 @@ class _Converter:
     def _visit(self, schema: Any, name: str, depth: int) -> str:
         """The name of a rule matching `schema`."""
         name = name[-MAX_NAME:]  # the path of keys so far: kept short, or each level copies every one above
+        self._tick()
         if depth > MAX_DEPTH:
             raise UnsupportedSchema("json_schema", f"nests deeper than {MAX_DEPTH} levels")
         if schema is True or schema == {}:
@@ -321,23 +341,33 @@ class _Converter:
             raise UnsupportedSchema("json_schema", f"a schema must be an object or a boolean, not {schema!r}")
         if "$ref" in schema:
             return self._ref(schema["$ref"], depth)
-        return self._add(name, self._body(schema, name, depth))
+        body, paths = self._body(schema, name, depth)
+        rule = self._add(name, body)
+        if paths > 1:
+            self._paths[rule] = paths
+        return rule
 
-    def _body(self, schema: dict, name: str, depth: int) -> str:
+    def _opened(self, symbol: Symbol | str) -> int:
+        """The paths llama.cpp opens at once in a rule (at most: wherever in it that is)."""
+        return self._paths.get(symbol.gbnf if isinstance(symbol, Symbol) else symbol, 1)
+
+    def _body(self, schema: dict, name: str, depth: int) -> tuple[str, int]:
+        """A rule's body, and the paths it opens at once."""
         kind = schema.get("type")
         self._check_keywords(schema, kind)
         if schema.get("nullable") is True:
-            rest = {k: v for k, v in schema.items() if k != "nullable"}
-            return f"{self._visit(rest, name + '-value', depth + 1)} | {self._primitive('null')}"
+            rest = self._visit({k: v for k, v in schema.items() if k != "nullable"}, name + "-value", depth + 1)
+            return f"{rest} | {self._primitive('null')}", self._opened(rest) + 1
         if "const" in schema:
-            return self._literal_value(schema["const"])
+            return self._literal_value(schema["const"]), 1
         if "enum" in schema:
             values = schema["enum"]
             if not isinstance(values, list) or not values:
                 raise UnsupportedSchema("enum", "must be a non-empty list")
             if len(values) > MAX_LITERALS:
                 raise UnsupportedSchema("enum", f"has {len(values)} values; at most {MAX_LITERALS} are supported")
-            return f"({literal_choice(json.dumps(v, ensure_ascii=False) for v in values)}) {self._primitive('space')}"
+            choice, paths = prefix_tree((t,) for t in sorted({_json_text(v, "enum") for v in values}))
+            return f"({choice}) {self._primitive('space')}", paths
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 return self._union(key, schema[key], name, depth)
@@ -346,38 +376,44 @@ class _Converter:
         if isinstance(kind, list):
             if not kind:
                 raise UnsupportedSchema("type", "must not be an empty list")
+            if not all(isinstance(t, str) for t in kind):
+                raise UnsupportedSchema("type", f"must be a type name or a list of them, not {kind!r}")
+            # Each type once: every copy converted the whole schema again, and copies nested in copies
+            # multiplied (["object"] * 30 four deep: 30^4 conversions).
+            kind = list(dict.fromkeys(kind))
             shared = COMMON | ANNOTATIONS
-            return " | ".join(
+            rules = [
                 self._visit(
                     {k: v for k, v in schema.items() if k in shared or k in KEYWORDS.get(t, ())} | {"type": t},
                     f"{name}-{t}",
                     depth + 1,
                 )
                 for t in kind
-            )
+            ]
+            return " | ".join(rules), sum(map(self._opened, rules))
         if kind is None:
             kind = _implied_type(schema)
         if kind == "string":
-            return self._string(schema)
+            return self._string(schema), 1
         if kind == "integer":
-            return self._integer(schema)
+            return self._integer(schema), 1
         if kind == "number":
             for key in ("maximum", "exclusiveMaximum", "exclusiveMinimum"):
                 if key in schema:
                     raise UnsupportedSchema(key, "is not supported on a number (use an integer range)")
             if "minimum" not in schema:
-                return self._primitive("number")
+                return self._primitive("number"), 1
             if schema["minimum"] != 0 or isinstance(schema["minimum"], bool):
                 raise UnsupportedSchema("minimum", "on a number only 0 (no negative numbers) is supported")
-            return self._primitive("unsigned-number")
+            return self._primitive("unsigned-number"), 1
         if kind == "array":
             return self._array(schema, name, depth)
         if kind == "object":
             return self._object(schema, name, depth)
         if kind in ("boolean", "null"):
-            return self._primitive(kind)
+            return self._primitive(kind), 1
         if kind is None:
-            return self._primitive("value")
+            return self._primitive("value"), 1
         raise UnsupportedSchema("type", f"unknown type {kind!r}")
 
     @staticmethod
@@ -393,7 +429,7 @@ class _Converter:
             raise UnsupportedSchema("uniqueItems", "cannot be enforced by a grammar")
 
     def _literal_value(self, value: Any) -> str:
-        return f"{literal(json.dumps(value, ensure_ascii=False))} {self._primitive('space')}"
+        return f"{literal(_json_text(value, 'const'))} {self._primitive('space')}"
 
     def _space(self) -> Symbol:
         return Symbol(self._primitive("space"))
@@ -407,7 +443,7 @@ class _Converter:
         if not isinstance(values, list) or len(values) != 1:
             return None
         self._check_keywords(schema, schema.get("type"))
-        return json.dumps(values[0], ensure_ascii=False), self._space()
+        return _json_text(values[0], "const" if "const" in schema else "enum"), self._space()
 
     def _union(self, key: str, options: Any, name: str, depth: int) -> str:
         """The alternatives as one prefix tree, so those that begin alike share llama.cpp's paths until
@@ -415,8 +451,15 @@ class _Converter:
         if not isinstance(options, list) or not options:
             raise UnsupportedSchema(key, "must be a non-empty list of schemas")
         objects = sum(self._object_target(o) is not None for o in options) > 1
-        gbnf, width = prefix_tree(
-            s for i, o in enumerate(options) for s in self._spellings(o, f"{name}-{i}", depth + 1, objects))
+        alternatives: list[list[Spelling]] = []  # each once: a model's spellings are shared by its references
+        seen: set[int] = set()  # ids of lists `alternatives` holds, so none is freed and its id reused
+        for i, option in enumerate(options):
+            self._tick()
+            spellings = self._spellings(option, f"{name}-{i}", depth + 1, objects)
+            if id(spellings) not in seen:
+                seen.add(id(spellings))
+                alternatives.append(spellings)
+        gbnf, width = prefix_tree(itertools.chain.from_iterable(alternatives), self._opened)
         if width > MAX_ALTERNATIVES:
             # Each is a path llama.cpp checks the whole vocabulary against at each step: 256 alternatives
             # cost about 1.5 s a step with Gemma's 262k tokens, while every stream of the model waits.
@@ -424,7 +467,7 @@ class _Converter:
                 key, f"leaves {width} alternatives open at once; at most {MAX_ALTERNATIVES} are supported: make "
                 "them differ early (a distinct first property, or a const tag as the first property)",
             )
-        return gbnf
+        return gbnf, width
 
     def _spellings(self, option: Any, name: str, depth: int, objects: bool) -> list[Spelling]:
         """How a union's alternative is spelt for its prefix tree: a const's text; an object's members
@@ -438,16 +481,26 @@ class _Converter:
         if "$ref" in option:
             return self._referred_spellings(option["$ref"], target, depth)
         self._check_keywords(option, option.get("type"))
-        return self._object_spellings(option, name[-MAX_NAME:], depth)
+        return self._object_spellings(option, name[-MAX_NAME:], depth)[0]
 
     def _referred_spellings(self, ref: str, target: dict, depth: int) -> list[Spelling]:
         """A referenced object's spellings, made once however many unions name it; a reference to one
         still being made (a recursive model) is to its rule."""
-        if ref not in self._ref_spellings:
-            self._ref_spellings[ref] = None
+        key = id(target)
+        if key not in self._ref_spellings:
+            self._ref_spellings[key] = None
             self._check_keywords(target, target.get("type"))
-            self._ref_spellings[ref] = self._object_spellings(target, ("ref-" + ref[1:])[-MAX_NAME:], depth + 1)
-        return self._ref_spellings[ref] or [(Symbol(self._ref(ref, depth)),)]
+            spellings, paths = self._object_spellings(target, ("ref-" + ref[1:])[-MAX_NAME:], depth + 1)
+            self._ref_spellings[key], self._ref_paths[key] = spellings, paths
+            if key in self._refs and not self._rules[self._refs[key]]:
+                self._ref_rule(self._refs[key], key)  # its rule was named while these were being made
+        return self._ref_spellings[key] or [(Symbol(self._ref(ref, depth)),)]
+
+    def _ref_rule(self, name: str, key: int) -> None:
+        """Rule `name` made of the spellings of the referenced object `key`, as _object would make it."""
+        self._put(name, prefix_tree(self._ref_spellings[key])[0])
+        if self._ref_paths[key] > 1:
+            self._paths[name] = self._ref_paths[key]
 
     def _object_target(self, schema: Any) -> dict | None:
         """The object schema with members that `schema` is, or refers to; None for any other schema."""
@@ -468,12 +521,23 @@ class _Converter:
         return target
 
     def _ref(self, ref: Any, depth: int) -> str:
-        if isinstance(ref, str) and ref in self._refs:
-            return self._refs[ref]
         target = self._resolve(ref)
+        key = id(target)
+        if key in self._refs:
+            return self._refs[key]
         name = self._add("ref-" + ref[1:], "")  # reserved first: a recursive schema refers to itself
-        self._refs[ref] = name
-        self._put(name, self._visit(target, name + "-def", depth + 1))
+        self._refs[key] = name
+        if key in self._ref_spellings:
+            # An object a union spells: its rule is made of those spellings, now or once they are made.
+            # Visiting it again while they are being made nested each model of a recursive union twice
+            # (10 models that hold lists of the union: "nests deeper than 64 levels", where 15 passed).
+            if self._ref_spellings[key] is not None:
+                self._ref_rule(name, key)
+            return name
+        rule = self._visit(target, name + "-def", depth + 1)
+        self._put(name, rule)
+        if self._opened(rule) > 1:
+            self._paths[name] = self._opened(rule)
         return name
 
     def _count(self, schema: dict, key: str, default: int | None) -> int | None:
@@ -519,19 +583,22 @@ class _Converter:
             if not isinstance(tuple_items, list):
                 raise UnsupportedSchema("prefixItems", "must be a list of schemas")
             parts = [self._visit(s, f"{name}-{i}", depth + 1) for i, s in enumerate(tuple_items)]
-            return f'"[" {space} ' + ' "," space '.join(parts) + f' "]" {space}'
+            body = f'"[" {space} ' + ' "," space '.join(parts) + f' "]" {space}'
+            return body, max(map(self._opened, parts), default=1)
         item = self._visit(schema.get("items", True), f"{name}-item", depth + 1)
         low = self._count(schema, "minItems", 0) or 0
         high = self._count(schema, "maxItems", None)
         if high is not None and high < low:
             raise UnsupportedSchema("maxItems", f"{high} is less than minItems {low}")
-        return f'"[" {space} {self._separated(item, low, high, name)} "]" {space}'
+        return f'"[" {space} {self._separated(item, low, high, name)} "]" {space}', self._opened(item)
 
-    def _object(self, schema: dict, name: str, depth: int) -> str:
-        return prefix_tree(self._object_spellings(schema, name, depth))[0]
+    def _object(self, schema: dict, name: str, depth: int) -> tuple[str, int]:
+        spellings, paths = self._object_spellings(schema, name, depth)
+        return prefix_tree(spellings)[0], paths
 
-    def _object_spellings(self, schema: dict, name: str, depth: int) -> list[Spelling]:
-        """The object once per member that may come first (and empty, if every one is optional)."""
+    def _object_spellings(self, schema: dict, name: str, depth: int) -> tuple[list[Spelling], int]:
+        """The object once per member that may come first (and empty, if every one is optional); and the
+        most paths a member's value opens at once (the choice of members is bounded by MAX_OPTIONAL)."""
         space = self._space()
         properties = schema.get("properties", {})
         if not isinstance(properties, dict):
@@ -544,7 +611,7 @@ class _Converter:
             raise UnsupportedSchema("required", f"names {missing[0]!r}, which is not in properties")
         required = set(required)  # looked up once per property: a long list must not make that quadratic
         if "properties" not in schema and "additionalProperties" not in schema:
-            return [(Symbol(self._primitive("object")),)]
+            return [(Symbol(self._primitive("object")),)], 1
         extra = schema.get("additionalProperties", False)
         optional = sum(key not in required for key in properties) + (extra is not False)
         if optional > MAX_OPTIONAL:
@@ -556,11 +623,53 @@ class _Converter:
             )
         members = [(key, self._member(key, sub, f"{name}-{key}", depth), key in required)
                    for key, sub in properties.items()]
+        paths = max((self._opened(kv[-1]) for _, kv, _ in members), default=1)
         if extra is not False:
             value = self._visit({} if extra is True else extra, f"{name}-extra-value", depth + 1)
-            kv = self._add(f"{name}-extra-kv", f'{self._primitive("string")} ":" space {value}')
+            kv = self._add(f"{name}-extra-kv", f'{self._other_key(properties, name)} ":" space {value}')
             members.append(("extra", (Symbol(self._add(f"{name}-extra-kvs", f'{kv} ("," space {kv})*')),), False))
-        return [("{", space, *start, "}", space) for start in self._member_starts(members, name)]
+            paths = max(paths, self._opened(value))
+        return [("{", space, *start, "}", space) for start in self._member_starts(members, name)], paths
+
+    def _other_key(self, keys: Iterable[str], name: str) -> str:
+        """A member's key (a JSON string, then space) that is none of `keys`: an additional property named
+        like a declared one is that one, and must match its schema ({"a": "x"} got through where "a" was
+        an integer). A rule per point of the keys' prefix tree: at each, a character that leaves the
+        tree (then any), one that follows it, or the end where no key ends. Until it leaves the tree the
+        key is spelt without \\u escapes (each of which would have to be told apart from a key's
+        character): a key with another control character, or DEL, that begins like a declared one
+        cannot be written."""
+        root: dict[str | None, Any] = {}
+        for key in keys:
+            node = root
+            for ch in key:
+                node = node.setdefault(ch, {})
+            node[None] = True  # a key ends here
+        if not root:
+            return self._primitive("string")
+        char = self._primitive("char")
+        rules: dict[int, str] = {}
+        stack: list[tuple[dict, bool]] = [(root, False)]
+        while stack:  # children before parents, without recursion: a key may be thousands of characters
+            node, ready = stack.pop()
+            children = {ch: child for ch, child in node.items() if ch is not None}
+            if not ready:
+                stack.append((node, True))
+                stack.extend((child, False) for child in children.values())
+                continue
+            self._tick()
+            parts = []
+            for ch, child in sorted(children.items()):
+                ways = _key_char_spellings(ch)
+                if ways:
+                    way = ways[0] if len(ways) == 1 else f"({' | '.join(ways)})"
+                    parts.append(f"{way} {rules[id(child)]}")
+            # A rule per set of characters left out (one, mostly): every point would spell out its ranges.
+            parts.append(f"{self._add(f'{name}-key-char', _key_char_other(set(children)))} {char}*" if children
+                         else f"{char}+")
+            body = " | ".join(parts)
+            rules[id(node)] = self._add(f"{name}-other-key", f"({body})?" if None not in node else body)
+        return self._add(f"{name}-other-key-str", f'"\\"" {rules[id(root)]} "\\"" {self._primitive("space")}')
 
     def _member(self, key: str, schema: Any, name: str, depth: int) -> Spelling:
         """A member's key and value; a const value as its text, which a union's prefix tree looks into."""
@@ -585,6 +694,48 @@ class _Converter:
             if i:
                 rest = (Symbol(self._add(f"{name}-{members[i][0]}-rest", _spell(items[i] + rest))),)
         return starts[::-1]
+
+
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+
+
+def _key_char_spellings(ch: str) -> list[str]:
+    """GBNF for the ways the char rule spells `ch` in a JSON string, \\u escapes aside."""
+    ways = []
+    if ch not in '"\\' and ord(ch) >= 0x20 and ord(ch) != 0x7F:
+        ways.append(literal(ch))
+    if ch in _SHORT_ESCAPES:
+        ways.append(literal("\\" + _SHORT_ESCAPES[ch]))
+    return ways
+
+
+def _key_char_other(excluded: set[str]) -> str:
+    """GBNF for one character of a JSON string, as the char rule spells it but without \\u escapes, that is
+    none of `excluded`. Positive ranges, not [^...]: llama.cpp lets a token that ends inside a
+    multi-byte character through a negated class only if no character it may begin is in the class
+    (excluding "é" would refuse "ü" split across tokens)."""
+    out = {ord('"'), ord("\\"), 0x7F} | {ord(ch) for ch in excluded}
+    ranges, low = [], 0x20
+    for point in sorted(p for p in out if p >= 0x20):
+        if point > low:
+            ranges.append((low, point - 1))
+        low = max(low, point + 1)
+    if low <= 0x10FFFF:
+        ranges.append((low, 0x10FFFF))
+    ways = ["[" + "".join(f"\\U{a:08X}" if a == b else f"\\U{a:08X}-\\U{b:08X}" for a, b in ranges) + "]"]
+    letters = [letter for ch, letter in _SHORT_ESCAPES.items() if ch not in excluded]
+    if letters:
+        ways.append('"\\\\" [' + "".join("\\" + letter if letter in '"\\' else letter for letter in letters) + "]")
+    return f"({' | '.join(ways)})"
+
+
+def _json_text(value: Any, keyword: str) -> str:
+    """A const's or enum value's JSON text; NaN and infinities (json.loads reads NaN, Infinity, 1e999) have
+    none: the grammar would let through text that is not JSON."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise UnsupportedSchema(keyword, f"{value!r} is not a JSON value") from None
 
 
 def _has_members(schema: Any) -> bool:

@@ -3,13 +3,17 @@ keywords are named, and for random schemas llama.cpp compiles the grammar and ev
 through validates against the schema (property test with hypothesis, on the tiny GGUF's vocabulary).
 An object's grammar accepts exactly its members in order with the required ones, in size linear in
 them; a union accepts exactly what one rule per alternative did, its alternatives sharing a prefix
-tree; a schema past a bound (bytes, spelt-out repetitions, optional members, alternatives open at
-once, CPU time) is refused, and waiting for the conversion pool never counts against a request's time."""
+tree; any schema's grammar accepts exactly what a matcher reading the schema itself does
+(tests/support/schema_oracle.py); a schema past a bound (bytes, spelt-out repetitions, optional
+members, alternatives open at once, nested unions' included, CPU time, equal rules or not) is refused,
+and waiting for the conversion pool never counts against a request's time. SCHEMA_PROPERTY_SCALE=20
+runs the property tests with 20 times the examples."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -28,7 +32,10 @@ from modelrunner.runner.json_schema_gbnf import (
     MAX_ALTERNATIVES, MAX_GBNF_BYTES, MAX_OPTIONAL, UnsupportedSchema, schema_to_gbnf,
 )
 from modelrunner.v1 import runner_pb2
+from tests.support import schema_oracle
 
+# Hypothesis examples per property test, times this (a review runs them with 20 or more).
+SCALE = int(os.environ.get("SCHEMA_PROPERTY_SCALE", "1"))
 EOS = 2  # the tiny GGUF's </s>; its other tokens are the bytes 3..255, token id = byte value
 QUOTE = ord('"')
 CLOSERS = [QUOTE, ord("}"), ord("]"), EOS]
@@ -66,7 +73,7 @@ def generate(model, gbnf: str, rng: np.random.Generator, bias: dict[int, float],
 
 
 def accepts(model, gbnf: str, text: str) -> bool:
-    """Whether the grammar allows exactly `text` (ASCII: one token per byte), then the end."""
+    """Whether the grammar allows exactly `text` (its UTF-8 bytes, one token each), then the end."""
     grammar = model.grammar(gbnf)
     try:
         for byte in text.encode():
@@ -86,13 +93,11 @@ def booleans(n: int, required: bool = False, width: int = 0) -> dict:
 
 def test_max_length_5000_is_bounded_repetition_that_llama_cpp_compiles_and_enforces(model):
     schema = {"type": "string", "minLength": 2100, "maxLength": 5000}
-    started = time.perf_counter()
     gbnf = schema_to_gbnf(json.dumps(schema))
     assert len(gbnf) < 2000 and "{" in gbnf  # no nested optionals
     rng = np.random.default_rng(0)
     shortest = generate(model, gbnf, rng, {QUOTE: 50.0, EOS: 50.0}, 6000)
     longest = generate(model, gbnf, rng, {QUOTE: -50.0, EOS: 50.0}, 6000)
-    assert time.perf_counter() - started < 30
     assert len(json.loads(shortest)) == 2100
     assert len(json.loads(longest)) == 5000
 
@@ -457,3 +462,180 @@ def test_a_recursive_union_of_models_compiles_and_is_enforced(model):
     assert accepts(model, gbnf, json.dumps(tree))
     tree["kids"][0]["kind"] = "branch"
     assert not accepts(model, gbnf, json.dumps(tree))
+
+
+@settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schema=schema_oracle.schemas(), seed=st.integers(0, 2**32 - 1))
+def test_a_schema_grammar_accepts_exactly_what_the_schema_means(model, schema, seed):
+    """Against a matcher that reads the schema itself: unions of unions, a union in an object member in
+    a union, unions of referenced and recursive models, tags after optional members, nullable
+    alternatives, additionalProperties, consts that are prefixes of one another, "", non-ASCII and
+    escaped keys and values; answers the schema allows and answers near them, cut short among them."""
+    gbnf = schema_to_gbnf(json.dumps(schema))
+    matcher = schema_oracle.Matcher(schema)
+    for text in schema_oracle.Answers(schema, random.Random(seed)).probes(16):
+        assert accepts(model, gbnf, text) == matcher.accepts(text), text
+    answer = walk(model, gbnf, np.random.default_rng(seed), 300)
+    if answer is not None:
+        assert matcher.accepts(answer), answer
+
+
+def walk(model, gbnf: str, rng: np.random.Generator, max_steps: int) -> str | None:
+    """A random ASCII answer the grammar allows; None if it did not end, or needs another character."""
+    grammar = model.grammar(gbnf)
+    out = bytearray()
+    try:
+        for _ in range(max_steps):
+            logits = rng.standard_normal(256).astype(np.float32) + np.isin(np.arange(256), CLOSERS) * 2.0
+            logits[:3] = -np.inf
+            logits[EOS] = 2.0
+            every = logits.copy()
+            logits[0x80:] = -np.inf
+            grammar.apply(logits)
+            token = int(np.argmax(logits))
+            if not np.isfinite(logits[token]):
+                grammar.apply(every)
+                assert np.isfinite(every).any(), f"the grammar allows nothing after {bytes(out)!r}"
+                return None
+            if token == EOS:
+                return out.decode()
+            grammar.accept(token)
+            out.append(token)
+        return None
+    finally:
+        grammar.close()
+
+
+def nested_type_lists(depth: int, copies: int) -> dict:
+    schema: dict = {"type": "boolean"}
+    for _ in range(depth):
+        schema = {"type": ["object"] * copies, "properties": {"p": schema}, "required": ["p"]}
+    return schema
+
+
+def ticking_clock(monkeypatch) -> None:
+    """The converter's CPU clock made one tick per look at it: a time limit becomes a count of looks,
+    which bounds the work without depending on how fast this machine is."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(json_schema_gbnf.time, "thread_time", lambda: next(ticks))
+
+
+def test_copies_of_a_type_are_converted_once(monkeypatch):
+    """Each copy converted the rest of the schema again, and copies nested in copies multiplied: 25
+    copies 5 deep (1.3 KB) took 230 s of CPU, the 10 s limit unseen, as every rule made was one made
+    before (the time was checked only when a rule was set). With a clock that ticks once a look, the
+    conversion fits in 1000 looks, where converting each copy again would take 25**5."""
+    ticking_clock(monkeypatch)
+    gbnf = schema_to_gbnf(json.dumps(nested_type_lists(5, 25)), time_limit_s=1000)
+    assert len(gbnf) < 2000
+
+
+def test_the_time_limit_holds_where_every_rule_is_one_made_before(monkeypatch):
+    """A clock that ticks once a look: 2000 members of one type set a few rules, but visit 2000 schemas."""
+    ticking_clock(monkeypatch)
+    with pytest.raises(UnsupportedSchema, match="took more than 100 s to convert"):
+        schema_to_gbnf(json.dumps(booleans(2000, required=True)), time_limit_s=100)
+
+
+def test_a_model_referred_to_many_times_or_ways_is_spelt_once(monkeypatch):
+    """3000 references to one 5000-member model in a union hashed its spellings 3000 times (18 s); 1000
+    ways to write the reference (#/$defs/A, #//$defs/A, ...) spelt it 1000 times (75 s). With a clock
+    that ticks once a look, each fits in 20000 looks: the model's 5000 members are looked at once."""
+    ticking_clock(monkeypatch)
+    names = [f"a{i}" for i in range(5000)]
+    defs = {"A": {"type": "object", "properties": {k: {} for k in names}, "required": names}}
+    for options in ([{"$ref": "#/$defs/A"}] * 3000, [{"$ref": "#" + "/" * (k + 1) + "$defs/A"} for k in range(1000)]):
+        gbnf = schema_to_gbnf(json.dumps({"anyOf": [*options, {"type": "null"}], "$defs": defs}), time_limit_s=20000)
+        assert gbnf.count('"\\"a4999\\""') == 1
+
+
+def test_a_type_list_of_anything_but_type_names_is_refused():
+    """A list in the list was a TypeError (unhashable): a 500 from the gateway."""
+    with pytest.raises(UnsupportedSchema) as err:
+        schema_to_gbnf(json.dumps({"type": ["string", ["x"]], "minLength": 1}))
+    assert err.value.keyword == "type"
+
+
+def alike(first: int, n: int = 100) -> dict:
+    """n objects alike but for the range of their one member: n paths open once its key is written."""
+    return {"anyOf": [{"type": "object", "properties": {"n": {"type": "integer", "minimum": first + i}}, "required": ["n"]}
+                      for i in range(n)]}
+
+
+@pytest.mark.parametrize(
+    "schema, paths",
+    [
+        ({"anyOf": [alike(0), alike(100)]}, 200),
+        ({"anyOf": [alike(100 * k) for k in range(20)]}, 2000),
+        ({"anyOf": [{"$ref": f"#/$defs/U{k}"} for k in range(3)], "$defs": {f"U{k}": alike(100 * k) for k in range(3)}}, 300),
+        ({"anyOf": [{**alike(100 * k), "nullable": True} for k in range(2)]}, 202),
+        ({"anyOf": [{"type": "array", "items": alike(100 * k)} for k in range(2)]}, 200),
+        ({"anyOf": [{"enum": [chr(0x4E00 + 100 * k + i) for i in range(100)]} for k in range(2)]}, 200),
+    ],
+    ids=["2-unions", "20-unions", "references", "nullable", "arrays", "enums"],
+)
+def test_a_union_counts_the_paths_its_alternatives_open(model, schema, paths):
+    """A union of unions each under the bound passed it: 20 unions of 100 alike objects left 2000 paths
+    open after {"n": (a masked step 25 times a flat 100's, with the tiny GGUF's 256 tokens)."""
+    with pytest.raises(UnsupportedSchema, match=f"leaves {paths} alternatives open at once"):
+        schema_to_gbnf(json.dumps(schema))
+
+
+def test_a_nullable_union_of_tagged_models_counts_the_paths_inside(model, monkeypatch):
+    """Optional[a union of 256 tagged models]: the union inside opens 11 at most (t1, t10..t19), null one more."""
+    inner = tagged_models(256)
+    schema = {"anyOf": [{"oneOf": inner["oneOf"], "discriminator": inner["discriminator"]}, {"type": "null"}],
+              "$defs": inner["$defs"]}
+    monkeypatch.setattr(json_schema_gbnf, "MAX_ALTERNATIVES", 12)
+    gbnf = schema_to_gbnf(json.dumps(schema))
+    assert accepts(model, gbnf, "null")
+    assert accepts(model, gbnf, json.dumps({"name": "x", "kind": "t7", "v7": 1}))
+    assert not accepts(model, gbnf, json.dumps({"name": "x", "kind": "t7", "v8": 1}))
+    monkeypatch.setattr(json_schema_gbnf, "MAX_ALTERNATIVES", 11)
+    with pytest.raises(UnsupportedSchema, match="anyOf: leaves 12 alternatives open at once; at most 11"):
+        schema_to_gbnf(json.dumps(schema))
+
+
+@pytest.mark.parametrize(
+    "text, allowed",
+    [
+        ('{"a": 1}', True), ('{"a": 1, "b": "x"}', True), ('{"a": 1, "ab": [], "": 2, "é": 3}', True),
+        ('{"a": 1, "a": "x"}', False), ('{"a": 1, "\\u0061": "x"}', False), ('{"a": 1, "k": {}}', False),
+        ('{"a": 1, "k\\\\": 0}', True), ('{"a": 1, "k\\\\": 2}', False), ('{"a": 1, "k\\u005c": 2}', False),
+        ('{"a": 1, "kk": 2}', True),
+    ],
+)
+def test_an_additional_property_is_named_unlike_every_declared_one(model, text, allowed):
+    """{"a": "x"} got through where "a" is an integer: the extra member's key was any string. \\u
+    escapes are not written until a key leaves the declared ones' prefix tree ("k\\u005c" is "k\\")."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "k": {"type": "string"}, "k\\": {"const": 0}},
+              "required": ["a"], "additionalProperties": True}
+    assert accepts(model, schema_to_gbnf(json.dumps(schema)), text) == allowed
+    assert accepts(model, schema_to_gbnf(json.dumps(schema)), text.replace('"a": 1', '"a": "x"')) is False
+
+
+def recursive_models(n: int) -> dict:
+    """n tagged models, each holding a list of the union of them all (an AST's node types)."""
+    union = {"anyOf": [{"$ref": f"#/$defs/N{k}"} for k in range(n)]}
+    defs = {f"N{k}": {"type": "object", "properties": {"kind": {"const": f"n{k}"}, "kids": {"type": "array", "items": union}},
+                      "required": ["kind"]} for k in range(n)}
+    return {**union, "$defs": defs}
+
+
+def test_recursive_models_in_a_union_are_each_visited_once(model):
+    """A model still being spelt was also visited as a rule, nesting each twice: from 9 models on, "nests
+    deeper than 64 levels" (the converter before the prefix trees took 15)."""
+    gbnf = schema_to_gbnf(json.dumps(recursive_models(16)))
+    tree = {"kind": "n3", "kids": [{"kind": "n15"}, {"kind": "n0", "kids": [{"kind": "n9", "kids": []}]}]}
+    assert accepts(model, gbnf, json.dumps(tree))
+    tree["kids"][1]["kids"][0]["kind"] = "n16"
+    assert not accepts(model, gbnf, json.dumps(tree))
+
+
+@pytest.mark.parametrize("text, keyword", [('{"const": NaN}', "const"), ('{"enum": [1, Infinity]}', "enum"),
+                                           ('{"anyOf": [{"const": -Infinity}, {"type": "null"}]}', "const")])
+def test_a_value_that_is_not_json_is_refused(text, keyword):
+    """json.loads reads NaN and Infinity, and json.dumps wrote them back: a grammar for text that is not JSON."""
+    with pytest.raises(UnsupportedSchema) as err:
+        schema_to_gbnf(text)
+    assert err.value.keyword == keyword
