@@ -25,7 +25,7 @@ import pytest
 
 from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.integration.test_distribution_pull_push import SKOPEO, file_digest, resolve
-from tests.support.registry import Registry, Stack, dmr_artifact, package, pull, sha256_digest, upload
+from tests.support.registry import Registry, Stack, dmr_artifact, package_and_push, pull, sha256_digest, upload
 from tests.support.tiny_gguf import write_tiny_gguf
 
 CHUNK = 1 << 20
@@ -292,13 +292,6 @@ async def test_connection_dropped_mid_push_resumes(registry: Registry, tmp_path:
 
 
 # -- auth ----------------------------------------------------------------------------------------
-
-async def package_and_push(stack: Stack, gguf: Path, name: str) -> list:
-    await package(stack, gguf, name)
-    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
-        stub = distribution_pb2_grpc.DistributionStub(channel)
-        return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
-
 
 def logs(stack: Stack) -> str:
     return stack.distribution.log.read_text() + stack.store.log.read_text()

@@ -12,9 +12,9 @@ import grpc
 import httpx
 import pytest
 
-from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
+from modelrunner.v1 import store_pb2, store_pb2_grpc
 from tests.support.hostile_registry import HostileRegistry, is_weights, of_mode
-from tests.support.registry import package, pull
+from tests.support.registry import package_and_push, pull
 from tests.support.registry import Stack as GrpcStack
 from tests.support.stack import Stack
 
@@ -116,14 +116,6 @@ def push_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcStack]:
     stack.stop()
 
 
-async def push(stack: GrpcStack, gguf: Path, name: str) -> list:
-    """Packages `gguf` as `name` into the stack's Store and pushes it; every Progress message."""
-    await package(stack, gguf, name)
-    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
-        stub = distribution_pb2_grpc.DistributionStub(channel)
-        return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
-
-
 @pytest.mark.parametrize(("mode", "method", "request_name"), [
     ("push_lose_patch", "PATCH", "a PATCH"),
     ("push_lose_commit", "PUT", "the commit PUT"),
@@ -134,7 +126,7 @@ async def test_lost_upload_sessions_are_the_registry_s_failure_not_a_missing_mod
     """A 404 on an upload URL the registry handed out was NOT_FOUND (an HTTP 404: "your model was not
     found"); each blob now starts over once in a new session, and a second loss names the registry's answer."""
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await push(push_stack, tiny_gguf, f"{registry.host}/{mode}/m:v1")
+        await package_and_push(push_stack, tiny_gguf, f"{registry.host}/{mode}/m:v1")
     assert_names(error.value, grpc.StatusCode.UNAVAILABLE, f"answered HTTP 404 to {request_name} of its upload session",
                  "BLOB_UPLOAD_UNKNOWN", "retry the push")
     lost = of_mode(mode, registry.seen, method, "/uploads/")
@@ -146,7 +138,7 @@ async def test_an_upload_session_lost_once_starts_over_and_the_push_completes(
     push_stack, registry, tiny_gguf: Path
 ) -> None:
     mode = "push_lose_once"
-    messages = await push(push_stack, tiny_gguf, f"{registry.host}/{mode}/m:v1")
+    messages = await package_and_push(push_stack, tiny_gguf, f"{registry.host}/{mode}/m:v1")
     assert messages[-1].type == "success"
     commits = of_mode(mode, registry.seen, "PUT", "/uploads/")
     assert len(of_mode(mode, registry.seen, "POST")) == len(commits) + 1  # one session more, for the lost one

@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.test_distribution_faults import logs, package_and_push
+from tests.integration.test_distribution_faults import logs
 from tests.support.credential_helpers import calls, path_with, write_docker_config, write_helper
-from tests.support.registry import Registry, Stack, dmr_artifact, pull, upload
+from tests.support.registry import Registry, Stack, dmr_artifact, package_and_push, pull, upload
 
 
 @dataclass

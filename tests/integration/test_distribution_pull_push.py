@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc, types_pb2
-from tests.support.registry import Registry, Stack, dmr_artifact, package, pull, sha256_digest, upload
+from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc, store_pb2, store_pb2_grpc
+from tests.support.registry import Registry, Stack, dmr_artifact, package, pull, push, sha256_digest, upload
 
 SKOPEO = "/usr/bin/skopeo"
 
@@ -26,12 +26,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack.start(tmp_path)
     yield stack
     stack.stop()
-
-
-async def push(stack: Stack, name: str) -> list[types_pb2.Progress]:
-    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
-        stub = distribution_pb2_grpc.DistributionStub(channel)
-        return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
 
 
 async def resolve(stack: Stack, name: str) -> store_pb2.ResolvedModel:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import resource
 import signal
-import subprocess
 import time
 
 import grpc
@@ -34,7 +33,7 @@ from modelrunner.store.upload import package_files
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
 from tests.support.runner_doubles import FileResolver
-from tests.support.processes import alive, children, log_tail, open_paths, start, wait_healthy
+from tests.support.processes import alive, children, log_tail, open_paths, start, stop, wait_healthy
 from tests.support.tiny_gguf import write_tiny_gguf
 
 MODELS = ("ai/one:test", "ai/two:test")
@@ -93,14 +92,7 @@ def engines(tmp_path):
             stubs = runner_pb2_grpc.RunnerStub(ch), health_pb2_grpc.HealthStub(ch)
             yield *stubs, procs[1].pid, blobs, engine_tmp, f"http://{metrics_addr}/metrics"
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(procs)
         print(log_tail(procs[1], 20000))  # pytest shows it when a test failed
 
 

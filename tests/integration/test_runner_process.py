@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import grpc
@@ -15,7 +14,7 @@ from modelrunner.common.keep_alive import MAX_KEEP_ALIVE_S
 from modelrunner.store.upload import package_files
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc, store_pb2, store_pb2_grpc
 from tests.conftest import free_port
-from tests.support.processes import log_tail, open_paths, start, wait_healthy
+from tests.support.processes import log_tail, open_paths, start, stop, wait_healthy
 
 
 def services_env(tmp_path) -> dict[str, str]:
@@ -29,17 +28,6 @@ def services_env(tmp_path) -> dict[str, str]:
         "MODELRUNNER_RUNNER_THREADS": "1",
         "MODELRUNNER_SHUTDOWN_GRACE": "2",
     }
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

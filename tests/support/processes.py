@@ -21,6 +21,18 @@ def start(module: str, env: dict[str, str], **popen) -> subprocess.Popen:
     return proc
 
 
+def stop(procs: list[subprocess.Popen], timeout: float = 20) -> None:
+    """Terminates every process, then waits for each; one that does not exit in `timeout` is killed."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def log_tail(proc: subprocess.Popen, size: int = 2000) -> str:
     """The end of what a process `start`ed wrote to its log."""
     proc.log.seek(0)

@@ -463,6 +463,23 @@ async def pull(stack: Stack, reference: str) -> list:
         return [m async for m in stub.PullModel(distribution_pb2.PullModelRequest(reference=reference))]
 
 
+async def push(stack: Stack, name: str) -> list:
+    """Every Progress message of a PushModel of `name` (in the stack's Store) through its Distribution."""
+    import grpc
+
+    from modelrunner.v1 import distribution_pb2, distribution_pb2_grpc
+
+    async with grpc.aio.insecure_channel(stack.distribution.addr) as channel:
+        stub = distribution_pb2_grpc.DistributionStub(channel)
+        return [m async for m in stub.PushModel(distribution_pb2.PushModelRequest(name=name))]
+
+
+async def package_and_push(stack: Stack, gguf: Path, name: str) -> list:
+    """Packages `gguf` as `name` into the stack's Store and pushes it; every Progress message."""
+    await package(stack, gguf, name)
+    return await push(stack, name)
+
+
 # -- a registry double that records every request's headers, for what a real registry will not do ----
 
 @dataclass

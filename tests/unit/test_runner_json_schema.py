@@ -16,7 +16,6 @@ import json
 import os
 import random
 import threading
-import time
 
 import jsonschema
 import numpy as np
@@ -48,8 +47,11 @@ def model(tiny_gguf):
     loaded.close()
 
 
-def generate(model, gbnf: str, rng: np.random.Generator, bias: dict[int, float], max_steps: int) -> str | None:
-    """A random answer the grammar allows (None if it did not end within max_steps)."""
+def generate(
+    model, gbnf: str, rng: np.random.Generator, bias: dict[int, float], max_steps: int, ascii_may_end: bool = False
+) -> str | None:
+    """A random ASCII answer the grammar allows (None if it did not end within max_steps, or, with
+    `ascii_may_end`, where only a non-ASCII character may follow)."""
     grammar = model.grammar(gbnf)
     out = bytearray()
     try:
@@ -57,11 +59,16 @@ def generate(model, gbnf: str, rng: np.random.Generator, bias: dict[int, float],
             logits = rng.standard_normal(256).astype(np.float32)
             logits[:3] = -np.inf
             logits[EOS] = 0.0
-            logits[0x80:] = -np.inf  # ASCII only: lengths in characters are lengths in bytes
             for token, b in bias.items():
                 logits[token] += b
+            every = logits.copy()
+            logits[0x80:] = -np.inf  # ASCII only: lengths in characters are lengths in bytes
             grammar.apply(logits)
             token = int(np.argmax(logits))
+            if ascii_may_end and not np.isfinite(logits[token]):
+                grammar.apply(every)
+                assert np.isfinite(every).any(), f"the grammar allows nothing after {bytes(out)!r}"
+                return None
             assert np.isfinite(logits[token]), f"the grammar allows nothing after {bytes(out)!r}"
             if token == EOS:
                 return out.decode()
@@ -475,35 +482,9 @@ def test_a_schema_grammar_accepts_exactly_what_the_schema_means(model, schema, s
     matcher = schema_oracle.Matcher(schema)
     for text in schema_oracle.Answers(schema, random.Random(seed)).probes(16):
         assert accepts(model, gbnf, text) == matcher.accepts(text), text
-    answer = walk(model, gbnf, np.random.default_rng(seed), 300)
+    answer = generate(model, gbnf, np.random.default_rng(seed), {t: 2.0 for t in CLOSERS}, 300, ascii_may_end=True)
     if answer is not None:
         assert matcher.accepts(answer), answer
-
-
-def walk(model, gbnf: str, rng: np.random.Generator, max_steps: int) -> str | None:
-    """A random ASCII answer the grammar allows; None if it did not end, or needs another character."""
-    grammar = model.grammar(gbnf)
-    out = bytearray()
-    try:
-        for _ in range(max_steps):
-            logits = rng.standard_normal(256).astype(np.float32) + np.isin(np.arange(256), CLOSERS) * 2.0
-            logits[:3] = -np.inf
-            logits[EOS] = 2.0
-            every = logits.copy()
-            logits[0x80:] = -np.inf
-            grammar.apply(logits)
-            token = int(np.argmax(logits))
-            if not np.isfinite(logits[token]):
-                grammar.apply(every)
-                assert np.isfinite(every).any(), f"the grammar allows nothing after {bytes(out)!r}"
-                return None
-            if token == EOS:
-                return out.decode()
-            grammar.accept(token)
-            out.append(token)
-        return None
-    finally:
-        grammar.close()
 
 
 def nested_type_lists(depth: int, copies: int) -> dict:
