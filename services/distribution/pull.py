@@ -55,17 +55,15 @@ async def pull(ctx: Context, name: str, insecure: bool, progress: TransferProgre
     async with ctx.client(ref, "pull", insecure, login) as client:
         manifest = await resolve(client, ref)
     tags = [str(ref.with_tag(ref.tag))] if ref.tag else []
-    for _ in range(COMMIT_ATTEMPTS - 1):
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
         await _fetch_missing(ctx, ref, insecure, login, manifest, progress)
         try:
             return await ctx.store.commit(manifest.raw, tags)
         except ServiceError as exc:
             # A blob found in the Store was collected before the commit (a delete of the model raced
             # this pull): the Store refuses the manifest, and fetching the blob again makes it whole.
-            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION or attempt == COMMIT_ATTEMPTS:
                 raise
-    await _fetch_missing(ctx, ref, insecure, login, manifest, progress)
-    return await ctx.store.commit(manifest.raw, tags)
 
 
 async def _fetch_missing(
