@@ -41,7 +41,7 @@ MAX_NAME = 40  # a rule name's characters: names built from nested keys must not
 MAX_LITERALS = 1024  # enum values
 MAX_TRIE_DEPTH = 32  # branch points a prefix tree nests, at most
 MAX_INT_DIGITS = 16
-MAX_ALTERNATIVES = 128  # paths a union leaves open at once, once alternatives that begin alike share theirs
+MAX_ALTERNATIVES = 128  # paths a union or an enum leaves open at once, once those that begin alike share theirs
 
 ANNOTATIONS = frozenset({
     "$schema", "$id", "$comment", "$defs", "definitions", "title", "description", "default",
@@ -367,6 +367,11 @@ class _Converter:
             if len(values) > MAX_LITERALS:
                 raise UnsupportedSchema("enum", f"has {len(values)} values; at most {MAX_LITERALS} are supported")
             choice, paths = prefix_tree((t,) for t in sorted({_json_text(v, "enum") for v in values}))
+            if paths > MAX_ALTERNATIVES:
+                raise UnsupportedSchema(
+                    "enum", f"leaves {paths} values open at once (that many begin differently after their shared "
+                    f"beginning); at most {MAX_ALTERNATIVES} are supported: fewer values, or values that share "
+                    "their first characters")
             return f"({choice}) {self._primitive('space')}", paths
         for key in ("anyOf", "oneOf"):
             if key in schema:

@@ -252,8 +252,12 @@ def test_thousands_of_required_members_compile_and_are_enforced(model):
          f"leaves 200 alternatives open at once; at most {MAX_ALTERNATIVES}"),
         ({"oneOf": [{"type": "object", "properties": {"n": {"type": "integer", "minimum": i}}, "required": ["n"]}
                     for i in range(200)]}, "oneOf", "leaves 200 alternatives open at once"),
+        ({"enum": [chr(0x4E00 + i) + "xyz" for i in range(200)]}, "enum",
+         f"leaves 200 values open at once (that many begin differently after their shared beginning); at most "
+         f"{MAX_ALTERNATIVES}"),
     ],
-    ids=["2400-optional", "long-names", "long-enum", "1000-length-ranges", "200-strings", "200-objects-alike"],
+    ids=["2400-optional", "long-names", "long-enum", "1000-length-ranges", "200-strings", "200-objects-alike",
+         "200-first-characters"],
 )
 def test_schemas_past_a_bound_are_refused_naming_what_to_simplify(schema, keyword, words):
     with pytest.raises(UnsupportedSchema) as err:
