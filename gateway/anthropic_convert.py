@@ -16,6 +16,7 @@ from modelrunner.gateway import forced_tools
 from modelrunner.gateway.anthropic_models import ContentBlock, CountTokensRequest, MessagesRequest, Tool
 from modelrunner.gateway.errors import APIError
 from modelrunner.gateway.openai_convert import Collected, ModelName
+from modelrunner.gateway.responses_convert import renamed
 from modelrunner.v1 import runner_pb2
 
 # Anthropic's error type for each HTTP status (https://docs.anthropic.com/en/api/errors).
@@ -56,7 +57,9 @@ def _text_of(blocks: str | list[ContentBlock] | None, param: str) -> str:
         return blocks or ""
     texts = []
     for j, block in enumerate(blocks):
-        if block.type != "text" or block.text is None:
+        if block.type == "text" and block.text is None:
+            raise _invalid(f"{param}[{j}].text", "a text block needs its text")
+        if block.type != "text":
             raise _invalid(f"{param}[{j}]", f"only text blocks are supported here, got {block.type!r}")
         texts.append(block.text)
     return "\n".join(texts)
@@ -102,6 +105,8 @@ def _messages(body: CountTokensRequest) -> list[runner_pb2.ChatMessage]:
                 ))
             elif block.type in ("thinking", "redacted_thinking"):
                 continue  # earlier reasoning is not part of the prompt
+            elif block.type == "text":
+                raise _invalid(f"{param}.text", "a text block needs its text")
             elif block.type in ("tool_use", "tool_result"):
                 raise _invalid(param, f"a {block.type} block belongs in an "
                                       f"{'assistant' if block.type == 'tool_use' else 'user'} message")
@@ -164,6 +169,12 @@ def generate_request(body: MessagesRequest, model: ModelName) -> runner_pb2.Gene
         request.response_format.type = "json_schema"
         request.response_format.json_schema = json.dumps(output_format.schema_)
     return request
+
+
+def blame_format(error: APIError) -> APIError:
+    """The Runner's refusal of a schema names the contract's response_format.json_schema: name the
+    field the client sent, output_config.format.schema (a forced call's refusal already names its tool)."""
+    return renamed(error, "response_format.json_schema", "output_config.format.schema")
 
 
 def stop_reason(c: Collected) -> str:

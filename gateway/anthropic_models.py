@@ -3,6 +3,9 @@
 Pydantic checks the types and the ranges the Runner's contract can carry (a wrong one is a 400 naming
 the field); which block may stand where is checked when the request is translated (anthropic_convert),
 so those errors name the block too. Unknown fields are ignored.
+
+Content is a list of blocks or a string: the list comes first in each union, so that a bad block is
+reported where it is (`messages[0].content[1].input`), not as "should be a valid string".
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from modelrunner.gateway.openai_models import (
     RequestBody,
     invalid,
 )
+from modelrunner.gateway.responses_models import list_or_text
 
 
 class ContentBlock(Lenient):
@@ -33,13 +37,23 @@ class ContentBlock(Lenient):
     name: str | None = Field(default=None, max_length=256)  # tool_use
     input: dict[str, Any] | None = None  # tool_use
     tool_use_id: str | None = Field(default=None, max_length=256)  # tool_result
-    content: str | list[ContentBlock] | None = None  # tool_result
+    content: list[ContentBlock] | str | None = None  # tool_result
     is_error: bool | None = None  # tool_result
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        return list_or_text(value, "content blocks", allow_none=True)
 
 
 class Message(Lenient):
     role: Literal["user", "assistant"]
-    content: str | list[ContentBlock]
+    content: list[ContentBlock] | str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        return list_or_text(value, "content blocks")
 
 
 class Tool(Lenient):
@@ -68,9 +82,14 @@ class OutputConfig(Lenient):
 class CountTokensRequest(RequestBody):
     model: str = Field(min_length=1, max_length=1024)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
-    system: str | list[ContentBlock] | None = None
+    system: list[ContentBlock] | str | None = None
     tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _system(cls, value: Any) -> Any:
+        return list_or_text(value, "content blocks", allow_none=True)
 
 
 class MessagesRequest(CountTokensRequest):

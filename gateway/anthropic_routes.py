@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from modelrunner.gateway import anthropic_convert as convert
 from modelrunner.gateway.anthropic_models import CountTokensRequest, MessagesRequest
@@ -48,6 +49,14 @@ class AnthropicRoute(APIRoute):
                 return convert.error_response(APIError(exc.status_code, str(exc.detail)))
 
         return route
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A wrong method (405) is refused before the handler runs: in Anthropic's shape too."""
+        try:
+            await super().handle(scope, receive, send)
+        except StarletteHTTPException as exc:
+            error = APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+            await convert.error_response(error)(scope, receive, send)
 
 
 def event(payload: dict) -> bytes:
@@ -119,7 +128,10 @@ def build_router() -> APIRouter:
     @router.post("/v1/messages", summary="Anthropic Messages (an SSE event stream when stream is true)")
     async def create_message(request: Request, body: MessagesRequest):
         model = resolve_model(body.model)
-        stream, first, rest = await _generate(request, convert.generate_request(body, model), model)
+        try:
+            stream, first, rest = await _generate(request, convert.generate_request(body, model), model)
+        except APIError as error:
+            raise convert.blame_format(error) from None
         if body.stream:
             return sse_response(_streamed(_events(first, rest, model), stream, model))
         collected = await cancel_on_disconnect(request, _collect(first, rest, stream))

@@ -27,7 +27,9 @@ def _part_texts(content: str | list[ContentPart] | None, param: str) -> list[str
         return [content or ""]
     texts = []
     for j, part in enumerate(content):
-        if part.type not in _TEXT_PARTS or part.text is None:
+        if part.type in _TEXT_PARTS and part.text is None:
+            raise _invalid(f"{param}[{j}].text", f"a part of type {part.type!r} needs its text")
+        if part.type not in _TEXT_PARTS:
             kind = "image, file and audio" if part.type.startswith("input_") else f"{part.type!r}"
             raise _invalid(f"{param}[{j}]", f"{kind} content is not supported: this server runs text-only models")
         texts.append(part.text)
@@ -154,6 +156,20 @@ def generate_request(body: ResponsesRequest, model: ModelName, conversation: lis
                 raise _invalid("text.format.schema", "a json_schema format needs a schema")
             request.response_format.json_schema = json.dumps(fmt.schema_)
     return request
+
+
+def blame_format(error: APIError) -> APIError:
+    """The Runner's refusal of a schema names the contract's response_format.json_schema: name the
+    field the client sent, text.format.schema (a forced call's refusal already names its tool)."""
+    return renamed(error, "response_format.json_schema", "text.format.schema")
+
+
+def renamed(error: APIError, field: str, sent: str) -> APIError:
+    """`error` about the contract's `field`, reworded to name `sent`, the client's own field."""
+    if not error.message.startswith(f"{field}:"):
+        return error
+    return APIError(error.status, sent + error.message.removeprefix(field), type=error.type, param=sent,
+                    code=error.code, headers=error.headers)
 
 
 def output_items(c: Collected, message_id: str) -> list[dict]:

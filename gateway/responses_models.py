@@ -2,6 +2,9 @@
 
 Pydantic checks the types and ranges (a wrong one is a 400 naming the field); the input items are
 checked on translation (responses_convert), so those errors name the item. Unknown fields are ignored.
+
+Where a field takes a string or a list, the list comes first in the union, so that a bad item is
+reported where it is (`input[2].role`), not as "should be a valid string".
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages: null, not NoneType."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def list_or_text(value: Any, what: str, allow_none: bool = False) -> Any:
+    """Refuses, with what to give instead, a value that is neither text nor a list."""
+    if isinstance(value, (str, list)) or (allow_none and value is None):
+        return value
+    raise invalid(f"give a string or a list of {what}, not {json_type(value)}")
+
+
 class ContentPart(Lenient):
     type: str = Field(max_length=64)
     text: str | None = None
@@ -28,12 +44,17 @@ class InputItem(Lenient):
 
     type: str = Field(default="message", max_length=64)
     role: Literal["user", "assistant", "system", "developer"] | None = None
-    content: str | list[ContentPart] | None = None
+    content: list[ContentPart] | str | None = None
     id: str | None = Field(default=None, max_length=256)
     call_id: str | None = Field(default=None, max_length=256)
     name: str | None = Field(default=None, max_length=256)
     arguments: str | None = None
-    output: str | list[ContentPart] | None = None
+    output: list[ContentPart] | str | None = None
+
+    @field_validator("content", "output", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        return list_or_text(value, "content parts", allow_none=True)
 
 
 class FunctionTool(Lenient):
@@ -63,7 +84,7 @@ class TextOptions(Lenient):
 
 class ResponsesRequest(RequestBody):
     model: str = Field(min_length=1, max_length=1024)
-    input: str | list[InputItem] = Field(description="a user message's text, or a list of input items")
+    input: list[InputItem] | str = Field(description="a user message's text, or a list of input items")
     instructions: str | None = None
     previous_response_id: str | None = Field(default=None, max_length=256)
     max_output_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
@@ -76,15 +97,18 @@ class ResponsesRequest(RequestBody):
     store: bool = True
     stream: bool = False
     background: bool = False
+    conversation: Any = Field(default=None, description="not supported: chain turns with previous_response_id")
+    prompt: Any = Field(default=None, description="not supported: stored prompt templates live on OpenAI's servers")
     metadata: dict[str, str] | None = None
     user: str | None = Field(default=None, max_length=256)
 
-    @field_validator("input")
+    @field_validator("input", mode="before")
     @classmethod
-    def _count(cls, value: str | list[InputItem]) -> str | list[InputItem]:
+    def _items(cls, value: Any) -> Any:
+        """Counted before the items are validated, so that a huge list is refused at once."""
         if isinstance(value, list) and not 0 < len(value) <= MAX_MESSAGES:
             raise invalid(f"give from 1 to {MAX_MESSAGES} input items, not {len(value)}")
-        return value
+        return list_or_text(value, "input items")
 
     @field_validator("metadata")
     @classmethod

@@ -32,6 +32,20 @@ def _not_found(response_id: str) -> APIError:
     return APIError(404, f"Response with id {response_id!r} not found.", param="response_id", code="not_found")
 
 
+def _refuse_unsupported(body: ResponsesRequest) -> None:
+    """A field whose meaning the server cannot honour is refused, not ignored: ignoring `conversation`
+    would answer without the conversation, ignoring `prompt` without the prompt's instructions."""
+    if body.background:
+        raise APIError(400, "background: background responses are not supported; leave it false",
+                       param="background", code="invalid_value")
+    if body.conversation is not None:
+        raise APIError(400, "conversation: conversations are not supported; chain the turns with "
+                            "previous_response_id instead", param="conversation", code="invalid_value")
+    if body.prompt is not None:
+        raise APIError(400, "prompt: stored prompt templates are not supported; give the instructions and input "
+                            "themselves", param="prompt", code="invalid_value")
+
+
 class _Turn:
     """One request being answered: what its Response object and its stored entry are made of."""
 
@@ -130,9 +144,7 @@ def build_router() -> APIRouter:
 
     @router.post("/responses", summary="Create a response (an SSE event stream when stream is true)")
     async def create_response(request: Request, body: ResponsesRequest):
-        if body.background:
-            raise APIError(400, "background: background responses are not supported; leave it false",
-                           param="background", code="invalid_value")
+        _refuse_unsupported(body)
         model = resolve_model(body.model)
         store = _store(request)
         earlier: list[dict] = []
@@ -144,7 +156,10 @@ def build_router() -> APIRouter:
             earlier = previous.conversation
         items = convert.input_items(body)
         turn = _Turn(body, model, [*earlier, *items], items)
-        stream, first, rest = await _generate(request, convert.generate_request(body, model, turn.conversation), model)
+        try:
+            stream, first, rest = await _generate(request, convert.generate_request(body, model, turn.conversation), model)
+        except APIError as error:
+            raise convert.blame_format(error) from None
         turn.served = _served(first.model if first else "", model)
         if body.stream:
             emit = _Events()

@@ -1,0 +1,121 @@
+"""What a demanding client of the Anthropic Messages and OpenAI Responses surfaces meets at their edges,
+through the real `anthropic` and `openai` clients (raw httpx where a client hides the answer), against
+the real stack with the tiny GGUF: a bad input is a 400 naming the field to fix, not the contract's
+field or a union's first guess; a field the server cannot honour is refused, not ignored; the stored
+Responses are bounded by size as well as by count."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.support.stack import serving
+
+MAX_STORED_BYTES = 600_000
+USER = [{"role": "user", "content": "hi"}]
+BAD_SCHEMA = {"type": 5}  # the Runner refuses it when it compiles the grammar
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_gguf):
+    env = {"MODELRUNNER_RESPONSES_MAX_BYTES": str(MAX_STORED_BYTES)}
+    with serving(tmp_path_factory.mktemp("compat"), {"ai/tiny": tiny_gguf}, env) as running:
+        yield running
+
+
+@pytest.fixture
+def claude(stack) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def oai(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
+
+
+def anthropic_error(claude: anthropic.Anthropic, **body) -> str:
+    """The message of the 400 that `body` gets, checked to be in Anthropic's error shape."""
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model="ai/tiny", max_tokens=2, **body)
+    error = caught.value.body
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+    return error["error"]["message"]
+
+
+def openai_error(oai: openai.OpenAI, **body) -> dict:
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.responses.create(model="ai/tiny", max_output_tokens=2, **body)
+    return caught.value.body
+
+
+def test_a_bad_content_block_is_named_where_it_is(claude):
+    tool_use = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": ["not", "an", "object"]}
+    message = anthropic_error(claude, messages=[{"role": "assistant", "content": [tool_use]}, *USER])
+    assert message.startswith("messages[0].content[0].input:"), message
+    message = anthropic_error(claude, messages=[{"role": "user", "content": 5}])
+    assert message == "messages[0].content: give a string or a list of content blocks, not a number"
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": {"text": "x"}}
+    message = anthropic_error(claude, messages=[{"role": "user", "content": [result]}])
+    assert message.startswith("messages[0].content[0].content: give a string or a list"), message
+    message = anthropic_error(claude, messages=[{"role": "user", "content": [{"type": "text"}]}])
+    assert message == "messages[0].content[0].text: a text block needs its text"
+    message = anthropic_error(claude, system=[{"type": "text"}], messages=USER)
+    assert message == "system[0].text: a text block needs its text"
+
+
+def test_a_refused_output_schema_names_output_config(claude):
+    message = anthropic_error(claude, messages=USER, output_config={"format": {"type": "json_schema",
+                                                                               "schema": BAD_SCHEMA}})
+    assert message.startswith("output_config.format.schema: "), message
+
+
+def test_a_wrong_method_is_an_anthropic_error(stack):
+    for path in ("/v1/messages", "/anthropic/v1/messages/count_tokens"):
+        reply = httpx.get(f"{stack.url}{path}", timeout=30)
+        assert reply.status_code == 405 and "POST" in reply.headers["allow"]
+        assert reply.json()["type"] == "error" and reply.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_bad_input_item_is_named_where_it_is(oai, stack):
+    error = openai_error(oai, input=[{"role": "bogus", "content": "x"}])
+    assert error["param"] == "input[0].role", error
+    error = openai_error(oai, input=[{"role": "user", "content": "x"}, {"role": "user", "content": 5}])
+    assert error["param"] == "input[1].content" and "give a string or a list of content parts" in error["message"]
+    error = openai_error(oai, input=[{"role": "user", "content": [{"type": "input_text"}]}])
+    assert error["param"] == "input[0].content[0].text" and "needs its text" in error["message"], error
+    reply = httpx.post(f"{stack.url}/v1/responses", json={"model": "ai/tiny", "input": None}, timeout=30)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == "input: give a string or a list of input items, not null"
+    many = [{"role": "user", "content": "x"}] * 4097
+    error = openai_error(oai, input=many)
+    assert error["param"] == "input" and "4097" in error["message"]
+
+
+def test_a_refused_text_format_schema_names_text_format(oai):
+    error = openai_error(oai, input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": BAD_SCHEMA}})
+    assert error["param"] == "text.format.schema" and error["message"].startswith("text.format.schema: "), error
+
+
+def test_fields_the_server_cannot_honour_are_refused(oai):
+    error = openai_error(oai, input="hi", conversation="conv_123")
+    assert error["param"] == "conversation" and "previous_response_id" in error["message"]
+    error = openai_error(oai, input="hi", prompt={"id": "pmpt_123"})
+    assert error["param"] == "prompt"
+
+
+def test_the_stored_responses_are_bounded_by_size(oai):
+    """Each Response keeps its tools: a few of a quarter megabyte each fill the store's bound."""
+    def answer(size: int) -> str:
+        tool = {"type": "function", "name": "f", "description": "x" * size, "parameters": {"type": "object"}}
+        return oai.responses.create(model="ai/tiny", input="hi", max_output_tokens=1, tools=[tool]).id
+
+    first, second, third = (answer(MAX_STORED_BYTES * 2 // 5) for _ in range(3))
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(first)  # the oldest went first
+    assert oai.responses.retrieve(second).id == second and oai.responses.retrieve(third).id == third
+    too_large = answer(MAX_STORED_BYTES)
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(too_large)
+    assert oai.responses.retrieve(second).id == second  # one too large for the bound evicts nothing
