@@ -39,14 +39,14 @@ def resolve(name: str, field_name: str = "model") -> ModelName:
         raise APIError(400, f"{field_name}: {exc}", param=field_name) from None
 
 
-def destination(name: str) -> Reference:
-    """The new name of /api/copy: a tag (`ai/gemma3:backup`, `gemma3-backup`), never a digest."""
+def destination(name: str, field_name: str = "destination") -> Reference:
+    """The new name of /api/copy and /api/create: a tag (`ai/gemma3:backup`, `gemma3-backup`), never a digest."""
     try:
         ref = parse_reference(name)
     except InvalidReference as exc:
-        raise APIError(400, f"destination: {exc}", param="destination") from None
+        raise APIError(400, f"{field_name}: {exc}", param=field_name) from None
     if ref.digest:
-        raise APIError(400, f'destination "{name}" is invalid: give a name and tag, not a digest', param="destination")
+        raise APIError(400, f'{field_name} "{name}" is invalid: give a name and tag, not a digest', param=field_name)
     return ref
 
 

@@ -1,9 +1,9 @@
 """Request bodies of the Ollama routes (`/api/*`), as Ollama's server reads them (api/types.go).
 
 Pydantic validates them: a wrong type or range is a 400 in Ollama's `{"error": "..."}` body naming the
-field. As in Ollama, unknown fields and unknown `options` are ignored, `stream` defaults to true, and a
-request may name its model `model` or (older clients) `name`. Values are bounded by what the Runner's
-gRPC contract carries (int32 counts, int64 seeds, finite floats).
+field. As in Ollama, unknown fields and unknown `options` are ignored, a null field is an absent one,
+`stream` defaults to true, and a request may name its model `model` or (older clients) `name`. Values
+are bounded by what the Runner's gRPC contract carries (int32 counts, int64 seeds, finite floats).
 """
 
 from __future__ import annotations
@@ -68,7 +68,17 @@ def keep_alive_text(value: Any) -> str | None:
 
 
 class _Body(BaseModel):
+    """A JSON object of an Ollama body. A field given as null is read as absent, as Go reads it (a nil
+    pointer or slice): `"stream": null` streams, `"messages": null` is an empty chat."""
+
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and None in data.values():
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 class _Request(_Body):
@@ -261,6 +271,34 @@ class TransferRequest(_Named):
 
     insecure: bool = Field(default=False, description="allow plain HTTP to this registry")
     stream: bool = True
+
+
+MAX_CREATE_FILES = 64
+# What /api/create may carry that a model here cannot keep: the Runner renders the GGUF's own (Jinja)
+# chat template and takes sampling per request, so these are refused by name rather than dropped.
+CREATE_UNSUPPORTED = ("modelfile", "quantize", "adapters", "template", "license", "system", "parameters",
+                      "messages")
+
+
+class CreateRequest(_Named):
+    """/api/create: a new name for a local model (`from`), or a model packaged from GGUF blobs uploaded
+    with `POST /api/blobs/<digest>` (`files`: file name -> digest), as `ollama create` sends them."""
+
+    from_: str | None = Field(default=None, alias="from", min_length=1, max_length=1024)
+    files: dict[str, str] | None = Field(default=None, max_length=MAX_CREATE_FILES)
+    stream: bool = True
+    modelfile: Any = None
+    quantize: Any = None
+    adapters: Any = None
+    template: Any = None
+    license: Any = None
+    system: Any = None
+    parameters: Any = None
+    messages: Any = None
+
+    def unsupported(self) -> str | None:
+        """The first field given that no model here can keep (empty values count as not given)."""
+        return next((name for name in CREATE_UNSUPPORTED if getattr(self, name) not in (None, "", [], {})), None)
 
 
 class OllamaErrorBody(BaseModel):

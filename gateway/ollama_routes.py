@@ -1,6 +1,7 @@
 """Ollama's REST API (`/api/*`) over the gRPC services, for the `ollama` client, Open WebUI and the
 editors that speak it: chat and generate (NDJSON streams by default), embeddings, the model list,
-show, ps, pull and push progress, copy and delete. Errors are Ollama's `{"error": "..."}`.
+show, ps, pull and push progress, copy, delete, create (with its blob uploads) and the CLI's `HEAD /`
+heartbeat. Errors are Ollama's `{"error": "..."}`.
 
 Timings are measured here: `load_duration` is the Runner's LoadModel call (near zero when the model is
 loaded), prompt evaluation runs from the Generate call to its first chunk, evaluation to its last.
@@ -18,13 +19,18 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelrunner.common.names import is_digest
 from modelrunner.gateway import ollama_convert as convert
+from modelrunner.gateway import ollama_create
 from modelrunner.gateway.backends import Backends, ServerStream, Service, UpstreamError
+from modelrunner.gateway.dmr_routes import _upload_blob as upload_blob  # the Store's one blob upload path
 from modelrunner.gateway.errors import ERROR_RESPONSES, APIError, from_upstream, validation_error
+from modelrunner.gateway.middleware import JSON, accepts
 from modelrunner.gateway.ollama_convert import ModelName, Timings
 from modelrunner.gateway.ollama_models import (
     ChatRequest,
     CopyRequest,
+    CreateRequest,
     DeleteRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -344,8 +350,65 @@ def build_router() -> APIRouter:
                     source, not_found=APIError(404, f'model "{source.typed}" not found'))
         return Response(status_code=200)
 
+    @router.post("/create", summary="Name a local model anew (`from`), or package uploaded GGUF blobs (`files`)",
+                 response_model=None, responses={200: {"content": {NDJSON: {}}}})
+    async def create(request: Request, body: CreateRequest) -> Response:
+        ollama_create.check(body)
+        target = convert.resolve(body.model)
+        new_name = convert.destination(body.model, "model")
+        store = _backends(request).store
+        if body.from_:
+            source = convert.resolve(body.from_, "from")
+            await _call(request, store, "TagModel", store_pb2.TagModelRequest(
+                source=source.qualified, repo=new_name.name, tag=new_name.tag), source,
+                not_found=convert.not_found(source.typed, pull_hint=True))
+        else:
+            files = body.files or {}
+            await _call(request, store, "PackageModel", store_pb2.PackageModelRequest(
+                name=target.qualified, gguf=ollama_create.package_files(files)), target, long=True,
+                not_found=ollama_create.missing_blob(files))
+        lines = ollama_create.status_lines("from" if body.from_ else "files")
+        if not body.stream:
+            return JSONResponse(lines[-1])
+        return Response(b"".join(json_line(line) for line in lines), media_type=NDJSON)
+
+    @router.head("/blobs/{digest}", summary="Whether the Store holds a blob (200) or not (404)")
+    async def blob_exists(request: Request, digest: str) -> Response:
+        digest = _blob_digest(digest)
+        reply = await _call(request, _backends(request).store, "StatBlob", store_pb2.StatBlobRequest(digest=digest),
+                            ModelName(digest, digest))
+        return Response(status_code=200 if reply.exists else 404)
+
     return router
+
+
+async def _blob_upload(request: Request, digest: str) -> Response:
+    """The bytes of a blob (a GGUF for /api/create), streamed to the Store and verified there."""
+    reply = await upload_blob(request, _blob_digest(digest))
+    return Response(status_code=reply.status_code)  # Ollama's: 201, no body (200: already held)
+
+
+def _blob_digest(digest: str) -> str:
+    """Ollama's blob names: `sha256:<hex>`, or `sha256-<hex>` as its blob files are named."""
+    digest = digest.replace("sha256-", "sha256:", 1) if digest.startswith("sha256-") else digest
+    if not is_digest(digest):
+        raise APIError(400, f"digest {digest[:80]!r} must be sha256:<64 hex digits> of the blob's bytes",
+                       param="digest")
+    return digest
+
+
+async def _server_probe() -> Response:
+    """`HEAD /`: Ollama's CLI asks this before every command (its heartbeat)."""
+    return Response(status_code=200, media_type="text/plain")
 
 
 def install(app: FastAPI) -> None:
     app.include_router(build_router())
+    # On the app itself, not the router: ContentTypeMiddleware reads a route's declared body types from
+    # the app's own routes, and an included router's routes are not among them (FastAPI 0.165).
+    app.router.add_api_route(
+        "/api/blobs/{digest}", _blob_upload, methods=["POST"], tags=["Ollama"], route_class_override=OllamaRoute,
+        summary="Upload a blob (a GGUF for /api/create), verified against its digest", responses=RESPONSES,
+        openapi_extra=accepts(JSON, "application/octet-stream"),
+        include_in_schema=False)  # raw bytes: outside the JSON-body fuzz of tests/support/fuzz.py, which lists POSTs
+    app.add_api_route("/", _server_probe, methods=["HEAD"], include_in_schema=False)
