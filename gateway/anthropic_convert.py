@@ -14,33 +14,17 @@ from fastapi.responses import JSONResponse
 
 from modelrunner.gateway import forced_tools
 from modelrunner.gateway.anthropic_models import ContentBlock, CountTokensRequest, MessagesRequest, Tool
-from modelrunner.gateway.errors import APIError
+from modelrunner.gateway.errors import APIError, anthropic_body
 from modelrunner.gateway.openai_convert import Collected, ModelName
 from modelrunner.gateway.responses_convert import renamed
 from modelrunner.v1 import runner_pb2
 
-# Anthropic's error type for each HTTP status (https://docs.anthropic.com/en/api/errors).
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 # The Runner's finish_reason -> Anthropic's stop_reason.
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "stop": "end_turn"}
 
 
-def error_body(error: APIError) -> dict:
-    kind = _ERROR_TYPES.get(error.status) or ("invalid_request_error" if 400 <= error.status < 500 else "api_error")
-    return {"type": "error", "error": {"type": kind, "message": error.message}}
-
-
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+    return JSONResponse(anthropic_body(error), status_code=error.status, headers=error.headers)
 
 
 def new_id(prefix: str) -> str:

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from modelrunner.gateway import anthropic_convert as convert
 from modelrunner.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from modelrunner.gateway.backends import ServerStream, UpstreamError
-from modelrunner.gateway.errors import APIError, from_upstream, validation_error
+from modelrunner.gateway.errors import APIError, anthropic_body, from_upstream, validation_error
 from modelrunner.gateway.openai_convert import Collected, ModelName, resolve_model
 from modelrunner.gateway.openai_routes import _chain, _collect, _generate, _served
 from modelrunner.gateway.streaming import cancel_on_disconnect, sse_event, sse_response
@@ -117,7 +117,7 @@ async def _streamed(events: AsyncIterator[bytes], stream: ServerStream, model: M
             async for chunk in events:
                 yield chunk
     except UpstreamError as error:
-        yield event(convert.error_body(from_upstream(error, model=model.familiar)))
+        yield event(anthropic_body(from_upstream(error, model=model.familiar)))
     finally:
         stream.cancel()
 

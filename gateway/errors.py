@@ -1,4 +1,6 @@
-"""Every error the gateway answers, in the OpenAI error body `{"error": {message, type, param, code}}`.
+"""Every error the gateway answers, in the OpenAI error body `{"error": {message, type, param, code}}`,
+or in the shape of the surface its path belongs to: Ollama's `{"error": "..."}` under /api/, Anthropic's
+`{"type": "error", "error": {type, message}}` on the Messages routes (`response_for`).
 
 gRPC statuses map to HTTP statuses as DESIGN.md says (modelrunner.common.errors.http_status), except a
 full disk (RESOURCE_EXHAUSTED with reason disk_full): 507, with no Retry-After, as no retry soon helps; a
@@ -35,6 +37,21 @@ _TYPE_FOR_STATUS = {
     429: "rate_limit_error",
     503: "service_unavailable",
 }
+
+
+# Anthropic's error type for each HTTP status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+OLLAMA_PREFIX = "/api/"  # Ollama's routes, whose clients read a plain-string error
+ANTHROPIC_SUFFIXES = ("/v1/messages", "/v1/messages/count_tokens")  # the Messages routes, under any prefix
 
 
 def error_type(status: int) -> str:
@@ -157,7 +174,21 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"{field}: {message}" if field else message, param=field or None, code="invalid_value")
 
 
-OLLAMA_PREFIX = "/api/"  # Ollama's routes, whose clients read a plain-string error
+def anthropic_body(error: APIError) -> dict:
+    kind = _ANTHROPIC_TYPES.get(error.status) or ("invalid_request_error" if 400 <= error.status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+def response_for(path: str, error: APIError) -> JSONResponse:
+    """`error` in the shape the clients of `path`'s surface read, for an answer given before a route of
+    that surface runs (a middleware's refusal, no route matched): their SDKs parse only their own."""
+    if path.startswith(OLLAMA_PREFIX):
+        body: dict = {"error": error.message}
+    elif path.endswith(ANTHROPIC_SUFFIXES):
+        body = anthropic_body(error)
+    else:
+        body = error.body()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def install(app: FastAPI) -> None:
@@ -178,10 +209,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        error = APIError(exc.status_code, message, headers=dict(exc.headers or {}))
-        if request.url.path.startswith(OLLAMA_PREFIX):  # no route matched: still Ollama's {"error": "..."}
-            return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
-        return error.response()
+        return response_for(request.url.path, APIError(exc.status_code, message, headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

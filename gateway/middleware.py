@@ -10,7 +10,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelrunner.gateway import edge_policy
-from modelrunner.gateway.errors import APIError
+from modelrunner.gateway.errors import APIError, response_for
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/health", "/"})  # probes need no key; nor does the web page, which asks for it
 OPEN_PREFIXES = ("/ui/",)  # the page's static files: no data, nothing a key protects
@@ -20,8 +20,9 @@ def _open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-async def send_error(send: Send, error: APIError) -> None:
-    await error.response()(scope={"type": "http"}, receive=None, send=send)  # type: ignore[arg-type]
+async def send_error(scope: Scope, send: Send, error: APIError) -> None:
+    """`error` in the shape of the surface the request was for (Ollama's, Anthropic's or OpenAI's)."""
+    await response_for(scope.get("path", ""), error)(scope={"type": "http"}, receive=None, send=send)  # type: ignore[arg-type]
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -31,6 +32,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -61,7 +63,9 @@ def declared_types(route: object) -> frozenset[str]:
 class ContentTypeMiddleware:
     """Refuses (415) a body whose Content-Type the route does not declare: JSON unless the route says
     otherwise. A web page may POST text/plain or a form cross-site with no CORS preflight; only
-    `application/json` needs one, so a JSON-only route cannot be driven by a page the user visits."""
+    `application/json` needs one, so a JSON-only route cannot be driven by a page the user visits. Kept
+    for clients that send no Origin too (`curl -d`, as Ollama's docs write it): a browser extension or
+    privacy setting may strip a page's Origin, and the 415 says what to add."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -85,7 +89,9 @@ class ContentTypeMiddleware:
                 if media_type(given or "") not in allowed:
                     wanted = " or ".join(f"`Content-Type: {t}`" for t in sorted(allowed))
                     got = f"got {given!r}" if given is not None else "it had no Content-Type"
-                    await send_error(send, APIError(
+                    if media_type(given or "") == FORM and JSON in allowed:  # what `curl -d` sends
+                        got += ": with curl, add -H 'Content-Type: application/json'"
+                    await send_error(scope, send, APIError(
                         415, f"{scope['method']} {scope['path']} takes a body of {wanted} ({got})",
                         type="invalid_request_error", code="unsupported_media_type",
                     ))
@@ -119,7 +125,7 @@ class UniqueHeadersMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (name := _repeated(scope)) is not None:
             message = f"the request has more than one {name.capitalize()} header: send exactly one"
-            await send_error(send, APIError(400, message, code="duplicate_header"))
+            await send_error(scope, send, APIError(400, message, code="duplicate_header"))
             return
         await self.app(scope, receive, send)
 
@@ -138,7 +144,7 @@ class HostMiddleware:
             if not edge_policy.host_allowed(host, self.allowed):
                 message = (f"Host {host!r} is not this machine: add it to MODELRUNNER_ALLOWED_HOSTS to serve it "
                            "(refused as DNS rebinding otherwise)")
-                await send_error(send, APIError(403, message, code="host_not_allowed"))
+                await send_error(scope, send, APIError(403, message, code="host_not_allowed"))
                 return
         await self.app(scope, receive, send)
 
@@ -160,7 +166,7 @@ class OriginMiddleware:
                 origin, headers.get("host", ""), self.origins, self.hosts
             ):
                 message = f"Origin {origin!r} may not use this API: add it to MODELRUNNER_ORIGINS to allow it"
-                await send_error(send, APIError(403, message, code="origin_not_allowed"))
+                await send_error(scope, send, APIError(403, message, code="origin_not_allowed"))
                 return
         await self.app(scope, receive, send)
 
@@ -183,7 +189,7 @@ class ApiKeyMiddleware:
         if scope["type"] == "http" and not _open(scope["path"]) and scope["method"] != "OPTIONS":
             if not self._authorized(_headers(scope)):
                 message = "missing or wrong API key: send `Authorization: Bearer <MODELRUNNER_API_KEY>`"
-                await send_error(send, APIError(401, message, code="invalid_api_key",
+                await send_error(scope, send, APIError(401, message, code="invalid_api_key",
                                                 headers={"WWW-Authenticate": "Bearer"}))
                 return
         await self.app(scope, receive, send)
@@ -211,7 +217,7 @@ class BodyLimitMiddleware:
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.limit:
-            await send_error(send, self._too_large())
+            await send_error(scope, send, self._too_large())
             return
         chunks: list[bytes] = []
         size = 0
@@ -222,7 +228,7 @@ class BodyLimitMiddleware:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                await send_error(send, self._too_large())
+                await send_error(scope, send, self._too_large())
                 return
             if not message.get("more_body", False):
                 break

@@ -78,6 +78,29 @@ def test_a_wrong_method_is_an_anthropic_error(stack):
         assert reply.json()["type"] == "error" and reply.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/anthropic/v1/messages", "/v1/messages/count_tokens",
+                                  "/api/chat", "/v1/chat/completions"])
+def test_the_edge_refuses_in_the_shape_of_the_surface(stack, path):
+    """The middleware answers before any route runs (a wrong Content-Type, a repeated Origin): in
+    OpenAI's shape on every path, it was, which the Anthropic and Ollama SDKs do not parse."""
+    typed = httpx.post(f"{stack.url}{path}", content=b"{}", headers={"content-type": "text/plain"}, timeout=30)
+    repeated = httpx.post(f"{stack.url}{path}", json={}, headers=[("origin", stack.url), ("origin", stack.url)],
+                          timeout=30)
+    curl = httpx.post(f"{stack.url}{path}", content=b"{}", timeout=30,
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert "with curl, add -H 'Content-Type: application/json'" in curl.text
+    for reply, status in ((typed, 415), (repeated, 400), (curl, 415)):
+        assert reply.status_code == status, reply.text
+        body = reply.json()
+        if path.startswith("/api/"):
+            assert isinstance(body["error"], str) and body["error"], body
+        elif "/messages" in path:
+            assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", body
+            assert body["error"]["message"], body
+        else:
+            assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"], body
+
+
 def test_a_bad_input_item_is_named_where_it_is(oai, stack):
     error = openai_error(oai, input=[{"role": "bogus", "content": "x"}])
     assert error["param"] == "input[0].role", error

@@ -14,9 +14,8 @@ import uvicorn
 from grpc_health.v1 import health_pb2
 
 from modelrunner.common.errors import DISK_FULL, REASON_KEY
-from modelrunner.gateway.anthropic_convert import error_body
 from modelrunner.gateway.backends import RUNNER_SERVICE, Service
-from modelrunner.gateway.errors import APIError, from_upstream
+from modelrunner.gateway.errors import APIError, anthropic_body, from_upstream
 from modelrunner.gateway.settings import GatewayOptions
 from tests.conftest import free_port
 from tests.support.gateway_fakes import fake_services, gateway_client
@@ -200,7 +199,7 @@ def test_a_full_disk_is_507_saying_so_and_a_full_queue_stays_429_with_retry_afte
 )
 def test_every_4xx_has_a_client_error_type(status, kind):
     assert APIError(status, "x").type == kind
-    anthropic = error_body(APIError(status, "x"))["error"]["type"]  # Anthropic's types: its own server errors
+    anthropic = anthropic_body(APIError(status, "x"))["error"]["type"]  # Anthropic's types: its own server errors
     assert (anthropic in ("api_error", "timeout_error", "overloaded_error")) == (status >= 500)
 
 
