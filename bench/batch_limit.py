@@ -126,8 +126,9 @@ def main() -> None:
     async def measure() -> None:
         scheduler = Scheduler(loaded, name="bench", max_queue=1024)
         try:
-            await run_scheduler(scheduler, prompts[:2], 8)  # warm up both paths
-            bare.run(prompts[:2], 8)
+            warm = prompts[:min(2, slots)]
+            await run_scheduler(scheduler, warm, 8)  # warm up both paths
+            bare.run(warm, 8)
             print(f"{'N':>3} {'bare tok/s':>11} {'scheduler tok/s':>16} {'ratio':>6}")
             for n in sizes:
                 batch = [prompts[i % len(prompts)] for i in range(n)]

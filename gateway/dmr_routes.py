@@ -123,7 +123,7 @@ def _refuse_server_paths(body) -> None:
         )
 
 
-async def _upload_blob(request: Request, digest: str) -> JSONResponse:
+async def upload_blob(request: Request, digest: str) -> JSONResponse:
     """Streams the body into the Store as the blob `digest` (verified there against digest and size)."""
     length = request.headers.get("content-length", "")
     if not length.isdigit():
@@ -197,7 +197,7 @@ def install(app: FastAPI) -> None:
 
     app.add_api_route(
         BLOB_UPLOAD,
-        _upload_blob,
+        upload_blob,
         methods=["PUT"],
         tags=["Docker Model Runner"],
         summary="Upload a file to package (the raw bytes; answers 201, or 200 when the Store had it)",

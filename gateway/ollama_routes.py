@@ -23,7 +23,7 @@ from modelrunner.common.names import is_digest
 from modelrunner.gateway import ollama_convert as convert
 from modelrunner.gateway import ollama_create
 from modelrunner.gateway.backends import Backends, ServerStream, Service, UpstreamError
-from modelrunner.gateway.dmr_routes import _upload_blob as upload_blob  # the Store's one blob upload path
+from modelrunner.gateway.dmr_routes import upload_blob  # the Store's one blob upload path
 from modelrunner.gateway.errors import ERROR_RESPONSES, APIError, from_upstream, validation_error
 from modelrunner.gateway.middleware import JSON, accepts
 from modelrunner.gateway.ollama_convert import ModelName, Timings
