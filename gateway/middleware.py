@@ -38,7 +38,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 def accepts(*media_types: str) -> dict:
     """`openapi_extra` for a route whose body is not JSON (an upload): documents the types in
-    /openapi.json, and ContentTypeMiddleware lets exactly these in."""
+    /openapi.json, and ContentTypeMiddleware lets exactly these in. Only on a route of the app's own
+    router (`app.add_api_route`): FastAPI 0.165 keeps an included router's routes behind one opaque
+    entry, which the middleware matches as JSON-only."""
     binary = {"schema": {"type": "string", "format": "binary"}}
     return {"requestBody": {"required": True, "content": {media_type: binary for media_type in media_types}}}
 
