@@ -75,7 +75,11 @@ def _block(index: int, block: dict, delta: dict | None) -> list[bytes]:
 
 async def _events(first, rest: AsyncIterator, model: ModelName) -> AsyncIterator[bytes]:
     served = _served(first.model if first else "", model)
-    start = {**convert.message(Collected(), served), "content": [], "stop_reason": None}  # usage: on message_delta
+    # The Runner's first chunk counts the prompt; the output's count comes on message_delta.
+    prompt = first.usage if first is not None else runner_pb2.Usage()
+    opening = Collected(usage=runner_pb2.Usage(prompt_tokens=prompt.prompt_tokens,
+                                               cached_prompt_tokens=prompt.cached_prompt_tokens))
+    start = {**convert.message(opening, served), "content": [], "stop_reason": None}
     yield event({"type": "message_start", "message": start})
     yield event({"type": "ping"})
     final = runner_pb2.GenerateChunk()

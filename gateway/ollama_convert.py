@@ -107,6 +107,7 @@ def _base_request(body: GeneratingFields, model: ModelName) -> runner_pb2.Genera
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs,
         keep_alive=body.keep_alive or "",
+        truncate=body.truncate,  # Ollama's default: an over-long chat loses its oldest messages
     )
     fmt = _response_format(body.format)
     if fmt is not None:
@@ -182,29 +183,25 @@ def generate_request(body: GenerateRequest, model: ModelName) -> runner_pb2.Gene
 
 @dataclass
 class Timings:
-    """Monotonic nanosecond marks of one request: arrival, model loaded, first chunk, last chunk."""
+    """Monotonic nanosecond marks of one request: arrival and model loaded. Prompt evaluation and
+    evaluation come from the engine (Usage): marks taken here as chunks arrive would shrink the
+    evaluation to nothing whenever several tokens reach the gateway in one chunk."""
 
     start: int = field(default_factory=time.perf_counter_ns)
     loaded: int = 0
-    first: int = 0
-    last: int = 0
 
     @staticmethod
     def mark() -> int:
         return time.perf_counter_ns()
 
     def fields(self, usage: runner_pb2.Usage) -> dict:
-        """Ollama's metrics: prompt evaluation runs from the Generate call to its first chunk (the first
-        token's prefill), evaluation from there to the last chunk."""
-        end = self.mark()
-        first = self.first or end
         return {
-            "total_duration": end - self.start,
+            "total_duration": self.mark() - self.start,
             "load_duration": self.loaded - self.start,
             "prompt_eval_count": usage.prompt_tokens,
-            "prompt_eval_duration": first - self.loaded,
+            "prompt_eval_duration": usage.prompt_eval_ns,
             "eval_count": usage.completion_tokens,
-            "eval_duration": (self.last or end) - first,
+            "eval_duration": usage.eval_ns,
         }
 
 

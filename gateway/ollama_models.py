@@ -178,6 +178,8 @@ class GeneratingFields(_Named):
     think: Think = None
     logprobs: bool = False
     top_logprobs: int = Field(default=0, ge=0, le=20)
+    truncate: bool = Field(default=True, description="cut a chat or prompt too long for the context to fit "
+                                                     "(the oldest messages go first); false: refuse it (400)")
 
     @field_validator("keep_alive", mode="before")
     @classmethod

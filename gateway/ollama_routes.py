@@ -3,8 +3,9 @@ editors that speak it: chat and generate (NDJSON streams by default), embeddings
 show, ps, pull and push progress, copy, delete, create (with its blob uploads) and the CLI's `HEAD /`
 heartbeat. Errors are Ollama's `{"error": "..."}`.
 
-Timings are measured here: `load_duration` is the Runner's LoadModel call (near zero when the model is
-loaded), prompt evaluation runs from the Generate call to its first chunk, evaluation to its last.
+Timings: `load_duration` is the Runner's LoadModel call (near zero when the model is loaded) and
+`total_duration` the whole request, both measured here; prompt evaluation and evaluation are the
+engine's own (the Runner's Usage), as Ollama's runner reports them.
 """
 
 from __future__ import annotations
@@ -154,11 +155,10 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, model
         first, rest = await cancel_on_disconnect(request, peek(stream))
     except UpstreamError as error:
         raise _upstream(error, model) from None
-    timings.first = timings.mark()
     if body.stream:
         lines = _stream_lines(_chain(first, rest), stream, model, chat, timings)
         return ClosingStreamingResponse(lines, media_type=NDJSON)
-    collected = await cancel_on_disconnect(request, _collect(_chain(first, rest), stream, timings))
+    collected = await cancel_on_disconnect(request, _collect(_chain(first, rest), stream))
     if chat:
         line = convert.chat_line(model, collected.text, collected.tool_calls, collected.logprobs)
     else:
@@ -166,11 +166,10 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, model
     return JSONResponse(convert.finish(line, collected.finish_reason, collected.usage, timings))
 
 
-async def _collect(chunks: AsyncIterator, stream: ServerStream, timings: Timings) -> convert.Collected:
+async def _collect(chunks: AsyncIterator, stream: ServerStream) -> convert.Collected:
     collected = convert.Collected()
     try:
         async for chunk in chunks:
-            timings.last = timings.mark()
             collected.add(chunk)
     finally:
         stream.cancel()
@@ -185,7 +184,6 @@ async def _stream_lines(chunks: AsyncIterator, stream: ServerStream, model: Mode
     final = runner_pb2.GenerateChunk()
     try:
         async for chunk in chunks:
-            timings.last = timings.mark()
             if chunk.text or chunk.logprobs:
                 yield json_line(line(model, chunk.text, lps=chunk.logprobs))
             if chat and chunk.tool_calls:

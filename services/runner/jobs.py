@@ -1,5 +1,6 @@
 """A validated GenerateRequest as the scheduler's Job: the chat rendered with the model's template,
-the prompt tokenized, the sampling options built for the loaded model."""
+the prompt tokenized (and with `truncate`, cut to fit: truncation.py), the sampling options built for
+the loaded model."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from modelrunner.common.errors import ServiceError
 from modelrunner.runner.chat import TemplateError
 from modelrunner.runner.sampling_params import sampling_options
 from modelrunner.runner.scheduler import Job
+from modelrunner.runner.truncation import TooLong, fit_chat, fit_prompt, prompt_budget
 from modelrunner.runner.validation import check_logit_bias_tokens, field_error
 from modelrunner.v1 import runner_pb2
 
@@ -47,11 +49,43 @@ def prompt_text(request: runner_pb2.GenerateRequest, entry: Loaded) -> str:
             grpc.StatusCode.FAILED_PRECONDITION,
             f"{entry.name} has no usable chat template: send a raw prompt instead",
         )
-    tools = json.loads(request.chat.tools_json) if request.chat.tools_json else None  # validated JSON
+    return _render(entry, messages_of(request.chat), request.chat.tools_json)
+
+
+def _render(entry: Loaded, messages: list[dict], tools_json: str) -> str:
+    tools = json.loads(tools_json) if tools_json else None  # validated JSON
     try:
-        return entry.renderer.render(messages_of(request.chat), tools)
+        return entry.renderer.render(messages, tools)
     except TemplateError as exc:
         raise field_error("chat.messages", f"cannot be formatted: {exc}") from None
+
+
+def _tokens(entry: Loaded, text: str) -> list[int]:
+    bos = entry.model.facts.bos_text
+    return entry.model.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
+
+
+def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens: int) -> list[int]:
+    """The prompt's tokens; with `truncate`, cut to leave room for the answer when they do not."""
+    tokens = _tokens(entry, prompt_text(request, entry))
+    context = entry.model.facts.context_size
+    budget = prompt_budget(context, max_tokens)
+    if not request.truncate or len(tokens) <= budget:
+        return tokens
+    chat = request.WhichOneof("input") == "chat"
+    try:
+        if chat:
+            return fit_chat(messages_of(request.chat), lambda m: _render(entry, m, request.chat.tools_json),
+                            lambda text: _tokens(entry, text), budget)
+        return fit_prompt(tokens, entry.model.tokenize("", add_special=True, parse_special=False), budget)
+    except TooLong as exc:
+        least = "the system messages and the last message come" if chat else "the prompt comes"
+        raise field_error("chat.messages" if chat else "prompt", (
+            f"{least} to {exc.tokens} tokens, but the context of {context} tokens leaves {budget} for the "
+            f"prompt beside the room for the answer: shorten it, or configure a larger context size "
+            f"(`modelrunner configure {entry.name} --context-size N`, or POST /engines/_configure with "
+            f'{{"model": "{entry.name}", "context-size": N}})'
+        )) from None
 
 
 def default_max_tokens(request: runner_pb2.GenerateRequest, entry: Loaded) -> int:
@@ -72,9 +106,8 @@ def build_job(request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
     if model.facts.reranker:  # llama.cpp's server refuses too; an encoder-only one would abort the engine
         raise field_error("model", f"{entry.name} is a reranker: it scores pairs (POST /rerank) and cannot generate")
     check_logit_bias_tokens(request.sampling, model.facts.vocab_size)
-    text = prompt_text(request, entry)
-    bos = model.facts.bos_text
-    prompt = model.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
+    max_tokens = request.sampling.max_tokens or default_max_tokens(request, entry)
+    prompt = prompt_tokens(request, entry, max_tokens)
     banned = model.facts.stop_tokens | entry.stop_tokens if request.sampling.ignore_eos else frozenset()
     options = sampling_options(
         request.sampling,
@@ -86,7 +119,7 @@ def build_job(request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
     return Job(
         prompt=prompt,
         sampling=options,
-        max_tokens=request.sampling.max_tokens or default_max_tokens(request, entry),
+        max_tokens=max_tokens,
         stop=tuple(request.sampling.stop),
         stop_tokens=entry.stop_tokens,
         ignore_eos=request.sampling.ignore_eos,

@@ -112,9 +112,11 @@ class Chunk:
     logprobs: list = field(default_factory=list)  # sampling.Sampled, one per token with logprobs on
     finish_reason: str = ""  # "stop" | "length" on the last chunk
     stop_sequence: str = ""  # the stop string that ended it, with finish_reason "stop"
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # on every chunk, so that the first one the consumer takes has them
     cached_tokens: int = 0  # of prompt_tokens, those the slot's KV cells already held
     completion_tokens: int = 0
+    prompt_eval_ns: int = 0  # on the last chunk: from admission to a slot to the first token
+    eval_ns: int = 0  # on the last chunk: from the first token to the last
     error: str = ""
     error_retryable: bool = True
 
@@ -126,6 +128,8 @@ class Chunk:
         self.prompt_tokens = later.prompt_tokens
         self.cached_tokens = later.cached_tokens
         self.completion_tokens = later.completion_tokens
+        self.prompt_eval_ns = later.prompt_eval_ns
+        self.eval_ns = later.eval_ns
         self.error = later.error
         self.error_retryable = later.error_retryable
 
@@ -202,7 +206,8 @@ class Arrivals:
 class _Sequence:
     __slots__ = (
         "stream", "job", "slot", "fed", "n_past", "last", "logits_row", "sampler", "text", "grammar",
-        "generated", "submitted", "last_emit", "stop_tokens", "outputs", "cached", "place",
+        "generated", "submitted", "admitted", "first_token", "last_emit", "stop_tokens", "outputs", "cached",
+        "place",
     )
 
     def __init__(self, stream: Stream, job: Job, stop_tokens: frozenset[int], vocab_size: int) -> None:
@@ -219,6 +224,8 @@ class _Sequence:
         self.grammar = job.grammar
         self.generated = 0
         self.submitted = time.perf_counter()
+        self.admitted = 0.0  # when it took a slot
+        self.first_token = 0.0  # when its first token was sampled
         self.last_emit = 0.0
         self.stop_tokens = stop_tokens
         self.outputs: list[int] = []  # generated tokens in the KV cache (the last sampled one is not)
@@ -299,7 +306,8 @@ class Scheduler:
             if len(job.prompt) >= self.context_size:
                 raise ValueError(
                     f"the prompt has {len(job.prompt)} tokens but the context holds {self.context_size} "
-                    "tokens: shorten the prompt or configure a larger context size"
+                    f"tokens: shorten the prompt or configure a larger context size (`modelrunner configure "
+                    f"{self.name} --context-size N`, or POST /engines/_configure)"
                 )
             stream = Stream(self, asyncio.get_running_loop())
             stop_tokens = job.stop_tokens if job.ignore_eos else job.stop_tokens | self.model.facts.stop_tokens
@@ -403,6 +411,7 @@ class Scheduler:
     def _admit(self) -> None:
         while self._waiting and self._slot_pool:
             seq = self._waiting.popleft()
+            seq.admitted = time.perf_counter()
             self._assign_slot(seq)
             self._active.append(seq)
             if self._metrics is not None:
@@ -492,6 +501,8 @@ class Scheduler:
             # complete. Feeding the grammar an illegal token would abort the process.
             return self._final(seq, "stop", seq.text.flush())
         seq.generated += 1
+        if seq.generated == 1:
+            seq.first_token = now
         self._observe_timing(seq, now)
         if token in seq.stop_tokens:
             return self._final(seq, "stop", seq.text.flush())
@@ -507,7 +518,7 @@ class Scheduler:
             return self._final(seq, "length", text + seq.text.flush(), logprobs)
         if not text and not logprobs:
             return None
-        return Chunk(text=text, logprobs=logprobs)
+        return Chunk(text=text, logprobs=logprobs, prompt_tokens=len(seq.job.prompt), cached_tokens=seq.cached)
 
     @staticmethod
     def _sample(seq: _Sequence, row) -> Sampled:
@@ -540,7 +551,11 @@ class Scheduler:
     def _final(
         self, seq: _Sequence, reason: str, text: str, logprobs: list | None = None, keep: bool = True
     ) -> Chunk:
+        """The last chunk, with the counts and the engine's own timings (a sequence ended before its
+        first token, by a full KV cache, spent its whole time in prefill)."""
         self._release(seq, keep)
+        end = time.perf_counter()
+        first = seq.first_token or end
         return Chunk(
             text=text,
             logprobs=logprobs or [],
@@ -549,6 +564,8 @@ class Scheduler:
             prompt_tokens=len(seq.job.prompt),
             cached_tokens=seq.cached,
             completion_tokens=seq.generated,
+            prompt_eval_ns=round((first - seq.admitted) * 1e9),
+            eval_ns=round((end - first) * 1e9),
         )
 
     def _release(self, seq: _Sequence, keep: bool = True) -> None:

@@ -57,8 +57,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 async for chunk in stream:
                     msg = runner_pb2.GenerateChunk(text=relay.delta(chunk.text), finish_reason=chunk.finish_reason,
                                                    stop_sequence=chunk.stop_sequence)
-                    if first:
+                    if first:  # the prompt's counts too: Anthropic's message_start reports them
                         msg.model = entry.name
+                        msg.usage.prompt_tokens = chunk.prompt_tokens
+                        msg.usage.cached_prompt_tokens = chunk.cached_tokens
                         first = False
                     if chunk.logprobs:
                         msg.logprobs.extend(logprobs_message(entry.model, chunk.logprobs))
@@ -66,6 +68,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                         msg.usage.prompt_tokens = chunk.prompt_tokens
                         msg.usage.completion_tokens = chunk.completion_tokens
                         msg.usage.cached_prompt_tokens = chunk.cached_tokens
+                        msg.usage.prompt_eval_ns = chunk.prompt_eval_ns
+                        msg.usage.eval_ns = chunk.eval_ns
                         relay.finish(msg)
                     if msg.text or msg.finish_reason or msg.model or msg.logprobs:
                         yield msg

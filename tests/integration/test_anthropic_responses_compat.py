@@ -2,7 +2,7 @@
 through the real `anthropic` and `openai` clients (raw httpx where a client hides the answer), against
 the real stack with the tiny GGUF: a bad input is a 400 naming the field to fix, not the contract's
 field or a union's first guess; a field the server cannot honour is refused, not ignored; the stored
-Responses are bounded by size as well as by count."""
+Responses are bounded by size as well as by count; a stream's message_start counts the input."""
 
 from __future__ import annotations
 
@@ -142,3 +142,21 @@ def test_the_stored_responses_are_bounded_by_size(oai):
     with pytest.raises(openai.NotFoundError):
         oai.responses.retrieve(too_large)
     assert oai.responses.retrieve(second).id == second  # one too large for the bound evicts nothing
+
+
+def test_message_start_counts_the_input_and_usage_is_counted_once(claude, oai):
+    """The Runner counts the prompt on its first chunk too: Anthropic's message_start reported 0 input
+    tokens. The other surfaces read the last chunk's usage: the same counts as a whole answer's."""
+    with claude.messages.stream(model="ai/tiny", max_tokens=4, messages=USER) as stream:
+        starts = [e.message.usage for e in stream if e.type == "message_start"]
+        final = stream.get_final_message()
+    assert len(starts) == 1 and starts[0].output_tokens == 0
+    opening = starts[0].input_tokens + starts[0].cache_read_input_tokens
+    assert opening > 0 and opening == final.usage.input_tokens + final.usage.cache_read_input_tokens
+    assert final.usage.output_tokens > 0
+    whole = oai.chat.completions.create(model="ai/tiny", max_tokens=4, messages=USER)
+    streamed = [c.usage for c in oai.chat.completions.create(
+        model="ai/tiny", max_tokens=4, messages=USER, stream=True, stream_options={"include_usage": True}) if c.usage]
+    assert len(streamed) == 1 and streamed[0].prompt_tokens == whole.usage.prompt_tokens == opening
+    answered = oai.responses.create(model="ai/tiny", max_output_tokens=4, input="hi")
+    assert answered.usage.input_tokens == opening

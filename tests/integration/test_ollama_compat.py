@@ -1,15 +1,20 @@
 """Ollama compatibility found by an audit with the real `ollama` client (and raw HTTP where the client
 hides the behaviour) against the real stack and the tiny GGUF: the CLI's heartbeat, JSON nulls read as
-Go reads them, and `ollama create` (from a local model, or from uploaded GGUF blobs)."""
+Go reads them, `ollama create` (from a local model, or from uploaded GGUF blobs), the engine's own
+timings, and an over-long chat cut to fit the context as Ollama cuts it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 
+import grpc
 import httpx
 import ollama
 import pytest
+
+from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 from tests.support.stack import serving
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -107,3 +112,96 @@ def test_create_refuses_what_it_cannot_keep_naming_the_field(client, stack):
         not_gguf = http.post("/api/create", json={"model": "x", "files": {"x.gguf": digest}})
         assert not_gguf.status_code == 400 and "GGUF" in not_gguf.json()["error"]
     assert "ai/x:latest" not in {m.model for m in client.list().models}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_eval_timings_are_the_engines_not_chunk_arrivals(client, stream):
+    """Timed from chunk arrivals in the gateway, tokens that reached it in one chunk took no time: a
+    4-token answer reported 117 us of evaluation (34,000 tokens/s). The engine times its decode steps."""
+    options = {"temperature": 0, "num_predict": 6}
+    started = time.perf_counter_ns()
+    if stream:
+        final = list(client.chat(model="tiny", messages=HI, options=options, stream=True))[-1]
+    else:
+        final = client.chat(model="tiny", messages=HI, options=options)
+    wall = time.perf_counter_ns() - started
+    assert final.done and final.prompt_eval_count > 0
+    assert 0 < final.prompt_eval_duration <= wall
+    if final.eval_count > 1:  # one token is sampled by the prefill step itself: no evaluation of its own
+        assert 0 < final.eval_duration <= wall
+    assert final.prompt_eval_duration + final.eval_duration <= final.total_duration <= wall
+
+
+def test_the_runner_counts_the_prompt_first_and_times_the_answer_last(stack):
+    """The contract the gateway's surfaces read: the prompt's counts on the first chunk (Anthropic's
+    message_start), the whole usage with the engine's prefill and generation times on the last."""
+    request = runner_pb2.GenerateRequest(model="docker.io/ai/tiny:latest", prompt="hi there",
+                                         sampling=runner_pb2.SamplingParams(max_tokens=6, temperature=0))
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['runner']}") as channel:
+        started = time.perf_counter_ns()
+        chunks = list(runner_pb2_grpc.RunnerStub(channel).Generate(request, timeout=120))
+        wall = time.perf_counter_ns() - started
+    first, last = chunks[0].usage, chunks[-1].usage
+    assert chunks[-1].finish_reason and last.prompt_tokens > 0 and last.completion_tokens > 0
+    assert (first.prompt_tokens, first.cached_prompt_tokens) == (last.prompt_tokens, last.cached_prompt_tokens)
+    assert all(not c.HasField("usage") for c in chunks[1:-1])
+    assert 0 < last.prompt_eval_ns <= wall and 0 <= last.eval_ns <= wall - last.prompt_eval_ns
+    if last.completion_tokens > 1:
+        assert last.eval_ns > 0
+
+
+def _count(stack, messages: list[dict]) -> int:
+    """The Runner's token count of a chat as the model's template renders it."""
+    chat = runner_pb2.Chat(messages=[runner_pb2.ChatMessage(**m) for m in messages])
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['runner']}") as channel:
+        return runner_pb2_grpc.RunnerStub(channel).Tokenize(
+            runner_pb2.TokenizeRequest(model="docker.io/ai/tiny:latest", chat=chat), timeout=60).count
+
+
+def _conversation(turns: int) -> list[dict]:
+    system = {"role": "system", "content": "You are terse."}
+    history = [{"role": role, "content": f"{role} turn {i}: " + "words " * 8}
+               for i in range(turns) for role in ("user", "assistant")]
+    return [system, *history, {"role": "user", "content": "and now?"}]
+
+
+def test_an_overlong_chat_keeps_its_system_message_and_the_latest_turns_that_fit(client, stack):
+    """Ollama cuts a chat too long for the context (512 tokens here); we answered 400. The cut keeps
+    the system message and the longest run of the latest turns, starting at a user message, that
+    leaves room for the answer (num_predict)."""
+    messages = _conversation(60)
+    assert _count(stack, messages) > 512
+    reply = client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40})
+    assert reply.done
+    budget = 512 - 40
+    kept = next(k for k in range(len(messages) - 1, 0, -2) if _count(stack, [messages[0], *messages[-k:]]) <= budget)
+    assert messages[-kept]["role"] == "user"
+    assert reply.prompt_eval_count == _count(stack, [messages[0], *messages[-kept:]])  # that chat, counted
+    streamed = list(client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40}, stream=True))
+    assert streamed[-1].prompt_eval_count == reply.prompt_eval_count
+
+
+def test_an_overlong_raw_prompt_keeps_its_start_token_and_its_end(client):
+    """Without room for the answer's max_tokens (or, with none, a quarter of the context), a raw
+    prompt keeps the BOS and as many of its last tokens as leave that room."""
+    cut = client.generate(model="tiny", prompt="x" * 2000, raw=True, options={**SHORT, "num_predict": 12})
+    assert cut.done and cut.prompt_eval_count == 512 - 12
+    unbounded = client.generate(model="tiny", prompt="y" * 2000, raw=True, options={"temperature": 0})
+    assert unbounded.prompt_eval_count == 512 - 512 // 4
+
+
+def test_a_chat_that_cannot_be_cut_to_fit_says_how_to_enlarge_the_context(client, stack):
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="tiny", messages=[*HI, {"role": "user", "content": "z" * 3000}], options=SHORT)
+    assert err.value.status_code == 400
+    assert "--context-size" in err.value.error and "/engines/_configure" in err.value.error
+    long = _conversation(60)
+    with httpx.Client(base_url=stack.url, timeout=120) as http:
+        refused = http.post("/api/chat", json={"model": "tiny", "messages": long, "options": SHORT,
+                                               "stream": False, "truncate": False})
+        assert refused.status_code == 400 and "context" in refused.json()["error"]
+        for path, body in [("/v1/chat/completions", {"model": "ai/tiny", "messages": long, "max_tokens": 2}),
+                           ("/v1/messages", {"model": "ai/tiny", "messages": long[1:], "max_tokens": 2}),
+                           ("/v1/responses", {"model": "ai/tiny", "input": long[1:], "max_output_tokens": 2})]:
+            answered = http.post(path, json=body)
+            assert answered.status_code == 400 and "context holds 512" in answered.text, (path, answered.text)

@@ -97,9 +97,11 @@ class FakeRunner(runner_pb2_grpc.RunnerServicer):
             yield runner_pb2.GenerateChunk(text="a", model=model)
             await context.abort(grpc.StatusCode.INTERNAL, "the backend crashed")
         logprob = [runner_pb2.TokenLogprob(token="Hel", logprob=-0.5, top=[runner_pb2.TopLogprob(token="Hel", logprob=-0.5)])]
-        yield runner_pb2.GenerateChunk(text="Hel", model=model, logprobs=logprob if request.logprobs else [])
+        yield runner_pb2.GenerateChunk(text="Hel", model=model, logprobs=logprob if request.logprobs else [],
+                                       usage=runner_pb2.Usage(prompt_tokens=3))  # the first chunk counts the prompt
         yield runner_pb2.GenerateChunk(text="lo")
-        final = runner_pb2.GenerateChunk(finish_reason="stop", usage=runner_pb2.Usage(prompt_tokens=3, completion_tokens=2))
+        final = runner_pb2.GenerateChunk(finish_reason="stop", usage=runner_pb2.Usage(
+            prompt_tokens=3, completion_tokens=2, prompt_eval_ns=2_000_000, eval_ns=5_000_000))
         if model == "docker.io/ai/tools:latest":
             final.finish_reason = "tool_calls"
             final.tool_calls.append(runner_pb2.ToolCall(id="call_1", type="function", name="get_weather", arguments='{"city":"Paris"}'))

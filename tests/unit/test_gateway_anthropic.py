@@ -110,6 +110,7 @@ async def test_stream_event_sequence(gw):
         "message_delta", "message_stop"]
     start = seen[0][1]["message"]
     assert start["content"] == [] and start["stop_reason"] is None and start["model"] == "ai/tools:latest"
+    assert (start["usage"]["input_tokens"], start["usage"]["output_tokens"]) == (3, 0)  # the first chunk's count
     assert "".join(d["delta"]["text"] for n, d in seen if d.get("delta", {}).get("type") == "text_delta") == "Hello"
     tool_start = seen[6][1]
     assert tool_start["index"] == 1 and tool_start["content_block"] == {
