@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import struct
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from modelrunner.common.names import InvalidReference, is_digest, parse_reference
@@ -18,6 +20,7 @@ from modelrunner.gateway.openai_models import (
     ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
+    ResponseFormat,
     SamplingFields,
 )
 from modelrunner.v1 import runner_pb2
@@ -48,14 +51,21 @@ def familiar(qualified: str) -> str:
 
 
 def _content_text(message: ChatMessage, index: int) -> str:
+    """A message's text: its parts' joined, an assistant's refusal parts as their text (a client replays
+    them); any other part (an image, audio, a file) is a 400 naming it, as no model here reads one."""
     if message.content is None or isinstance(message.content, str):
         return message.content or ""
     texts = []
     for j, part in enumerate(message.content):
-        if part.type != "text" or part.text is None:
-            param = f"messages[{index}].content[{j}]"
-            raise APIError(400, f"{param}: only text content parts are supported, got {part.type!r}", param=param)
-        texts.append(part.text)
+        param = f"messages[{index}].content[{j}]"
+        if part.type not in ("text", "refusal") or (part.type == "refusal" and message.role != "assistant"):
+            raise APIError(400, f"{param}: only text content parts are supported, got {part.type!r}", param=param,
+                           code="invalid_value")
+        text = part.text if part.type == "text" else part.refusal
+        if text is None:
+            raise APIError(400, f"{param}.{part.type}: a {part.type} part needs its {part.type}",
+                           param=f"{param}.{part.type}", code="invalid_value")
+        texts.append(text)
     return "\n".join(texts)
 
 
@@ -127,22 +137,75 @@ def chat_request(body: ChatCompletionRequest, model: ModelName) -> runner_pb2.Ge
                                 "tool_choice", param="response_format", code="invalid_value")
         forced_tools.force(request, json.loads(chat.tools_json), forced or None, field="tools[{}].function.parameters")
     elif fmt is not None:
-        request.response_format.type = fmt.type
-        if fmt.json_schema is not None and fmt.json_schema.schema_ is not None:
-            request.response_format.json_schema = json.dumps(fmt.json_schema.schema_)
+        _response_format(request, fmt)
     return request
 
 
-def completion_request(body: CompletionRequest, model: ModelName) -> runner_pb2.GenerateRequest:
+def _response_format(request: runner_pb2.GenerateRequest, fmt: ResponseFormat) -> None:
+    """OpenAI's json_schema needs its json_schema object, whose schema may be left out: any JSON object
+    then (llama.cpp's server reads an absent schema as {})."""
+    if fmt.type != "json_schema":
+        request.response_format.type = fmt.type
+        return
+    if fmt.json_schema is None:
+        raise APIError(400, "response_format.json_schema: is required with type json_schema",
+                       param="response_format.json_schema", code="invalid_value")
+    if fmt.json_schema.schema_ is None:
+        request.response_format.type = "json_object"
+        return
+    request.response_format.type = "json_schema"
+    request.response_format.json_schema = json.dumps(fmt.json_schema.schema_)
+
+
+def allowed_calls(calls: Sequence[runner_pb2.ToolCall], body: ChatCompletionRequest) -> list[runner_pb2.ToolCall]:
+    """The calls to answer: with parallel_tool_calls false, the first alone (the model may write more)."""
+    return list(calls[:1] if body.parallel_tool_calls is False else calls)
+
+
+_CONTRACT = re.compile(r"^(?:sampling\.|chat\.)?(?P<field>[a-z_]+)(?P<rest>[^:\s]*): ")
+_CLIENT_FIELD = {"tools_json": "tools", "tool_choice_json": "tool_choice", "inputs": "input",
+                 "response_format.json_schema": "response_format.json_schema.schema"}
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # OpenAI's code: clients read it to shorten the chat
+
+
+def blame(error: APIError, prompt_field: str) -> APIError:
+    """The Runner's refusal of a request, in the client's terms: the contract's field it names
+    ("sampling.logit_bias[7]", "response_format.json_schema") becomes the field the client sent
+    ("logit_bias[7]", "response_format.json_schema.schema"), and a prompt longer than the context is
+    OpenAI's context_length_exceeded on `prompt_field` ("messages" or "prompt")."""
+    if error.status != 400:
+        return error
+    if error.message.startswith("the prompt has ") and " but the context holds " in error.message:
+        return APIError(400, error.message, type=error.type, param=prompt_field, code=CONTEXT_LENGTH_EXCEEDED,
+                        headers=error.headers)
+    match = _CONTRACT.match(error.message)
+    if match is None:
+        return error
+    contract = error.message[:match.end() - 2]
+    field = match["field"] + match["rest"]
+    field = next((sent + field.removeprefix(name) for name, sent in _CLIENT_FIELD.items()
+                  if field == name or field.startswith((name + ".", name + "["))), field)
+    return APIError(400, field + error.message[len(contract):], type=error.type, param=field, code=error.code,
+                    headers=error.headers)
+
+
+def completion_prompt(body: CompletionRequest) -> str:
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise APIError(400, "prompt: give a string or a list of exactly one string", param="prompt")
-        prompt = body.prompt[0]
-    else:
-        prompt = body.prompt
+        return body.prompt[0]
+    return body.prompt
+
+
+def echoed(body: CompletionRequest) -> str:
+    """What the answer's text starts with: the prompt, when echo asks for it."""
+    return completion_prompt(body) if body.echo else ""
+
+
+def completion_request(body: CompletionRequest, model: ModelName) -> runner_pb2.GenerateRequest:
     return runner_pb2.GenerateRequest(
         model=model.qualified,
-        prompt=prompt,
+        prompt=completion_prompt(body),
         sampling=_sampling(body, body.max_tokens),
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
@@ -258,7 +321,7 @@ def chat_completion(c: Collected, model: str, logprobs: bool) -> dict:
     }
 
 
-def text_completion(c: Collected, model: str, logprobs: bool) -> dict:
+def text_completion(c: Collected, model: str, logprobs: bool, echo: str = "") -> dict:
     return {
         "id": new_id("cmpl"),
         "object": "text_completion",
@@ -266,7 +329,7 @@ def text_completion(c: Collected, model: str, logprobs: bool) -> dict:
         "model": model,
         "choices": [{
             "index": 0,
-            "text": c.text,
+            "text": echo + c.text,
             "logprobs": completion_logprobs(c.logprobs) if logprobs else None,
             "finish_reason": c.finish_reason or "stop",
         }],
@@ -280,11 +343,26 @@ def embedding_vector(values, encoding_format: str) -> list[float] | str:
     return list(values)
 
 
-def embeddings(reply: runner_pb2.EmbedResponse, model: str, encoding_format: str) -> dict:
+def shortened(values: Sequence[float], dimensions: int | None) -> Sequence[float]:
+    """The first `dimensions` values, normalised again to unit length, as OpenAI shortens its embeddings
+    (a model's leading dimensions carry the most); a model with fewer is a 400 naming the field."""
+    if dimensions is None or dimensions == len(values):
+        return values
+    if dimensions > len(values):
+        raise APIError(400, f"dimensions: {dimensions} is more than this model's {len(values)}", param="dimensions",
+                       code="invalid_value")
+    head = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in head))
+    return [v / norm for v in head] if norm > 0 else list(head)
+
+
+def embeddings(reply: runner_pb2.EmbedResponse, model: str, encoding_format: str,
+               dimensions: int | None = None) -> dict:
     return {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": embedding_vector(e.values, encoding_format)}
+            {"object": "embedding", "index": i,
+             "embedding": embedding_vector(shortened(e.values, dimensions), encoding_format)}
             for i, e in enumerate(reply.embeddings)
         ],
         "model": model,

@@ -94,6 +94,7 @@ class _Open(BaseModel):
 class ContentPart(Lenient):
     type: str
     text: str | None = None
+    refusal: str | None = None  # an assistant's refusal part, replayed as its text
 
 
 class FunctionCall(Lenient):
@@ -156,7 +157,7 @@ class SamplingFields(RequestBody):
     proto's types and llama.cpp's samplers take."""
 
     model: str = Field(min_length=1, max_length=1024)
-    max_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, description="leave it out for no limit")
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX, description="0: the whole vocabulary")
@@ -210,18 +211,65 @@ class SamplingFields(RequestBody):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_completion_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = Field(default=None, description="false: at most one tool call")
     response_format: ResponseFormat | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="needs logprobs: true")
+    # Read only to be refused: each asks for an answer these models cannot give (see _unservable).
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _unservable(self) -> ChatCompletionRequest:
+        """A field that would change the answer in a way no local model can is refused, naming it, rather
+        than ignored (what is only a hint, as reasoning_effort, prediction or service_tier, is ignored)."""
+        if self.top_logprobs and not self.logprobs:
+            raise invalid("top_logprobs: needs logprobs: true", "top_logprobs")
+        if any(m != "text" for m in self.modalities or ()):
+            raise invalid("modalities: only [\"text\"] is supported: the models served here answer in text",
+                          "modalities")
+        if self.audio is not None:
+            raise invalid("audio: audio output is not supported: the models served here answer in text", "audio")
+        if self.web_search_options is not None:
+            raise invalid("web_search_options: web search is not supported here", "web_search_options")
+        if self.functions:
+            raise invalid("functions: the deprecated functions are not supported: send each as a tool of type "
+                          "\"function\" in tools", "functions")
+        if self.function_call not in (None, "none", "auto"):
+            raise invalid("function_call: the deprecated function_call is not supported: use tool_choice",
+                          "function_call")
+        return self
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = Field(description="a string, or a list of one string")
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: bool = False
+    echo: bool = Field(default=False, description="the prompt, then the completion (not with logprobs)")
+    suffix: str | None = Field(default=None, description="refused unless empty: no insertion here")
+    best_of: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompt(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if any(_token_ids(i) for i in items):
+            raise invalid("token id arrays are not supported: send the text")
+        return value
+
+    @model_validator(mode="after")
+    def _unservable(self) -> CompletionRequest:
+        """What would change the answer in a way the Runner cannot is refused, naming the field."""
+        if self.suffix:
+            raise invalid("suffix: inserting between a prompt and a suffix is not supported", "suffix")
+        if self.echo and self.logprobs is not None:
+            raise invalid("echo: the prompt's logprobs are not available: drop echo or logprobs", "echo")
+        return self
 
 
 class EmbeddingRequest(RequestBody):

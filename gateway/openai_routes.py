@@ -49,12 +49,13 @@ def model_entry(model, tag: str) -> dict:
 
 async def _start(request: Request, stream: ServerStream, grpc_request: runner_pb2.GenerateRequest,
                  model: convert.ModelName):
-    """The first chunk of a generation, with an error before it answered as an HTTP status (naming the
-    tool, not the contract's field, when a forced call's schema was refused)."""
+    """The first chunk of a generation, with an error before it answered as an HTTP status naming the
+    client's field (the tool, when a forced call's schema was refused), not the contract's."""
     try:
         return await cancel_on_disconnect(request, peek(stream))
     except UpstreamError as error:
-        raise forced_tools.blame(from_upstream(error, model=model.familiar), grpc_request) from None
+        refused = forced_tools.blame(from_upstream(error, model=model.familiar), grpc_request)
+        raise convert.blame(refused, "messages" if grpc_request.HasField("chat") else "prompt") from None
 
 
 async def _collect(first, rest: AsyncIterator, stream: ServerStream) -> convert.Collected:
@@ -107,8 +108,8 @@ async def _chat_events(first, rest, model: convert.ModelName, body: ChatCompleti
         if item.text or item.logprobs:
             lp = convert.chat_logprobs(item.logprobs) if body.logprobs else None
             yield chunk({"content": item.text}, logprobs=lp)
-        if item.tool_calls:
-            yield chunk({"tool_calls": convert.tool_calls(item.tool_calls, indexed=True)})
+        if calls := convert.allowed_calls(item.tool_calls, body):
+            yield chunk({"tool_calls": convert.tool_calls(calls, indexed=True)})
         if item.finish_reason:
             final = item
     yield chunk({}, finish_reason=final.finish_reason or "stop")
@@ -122,6 +123,9 @@ async def _completion_events(first, rest, model: convert.ModelName, body: Comple
             "model": _served(first.model if first else "", model)}
     offset = 0
     final = runner_pb2.GenerateChunk()
+    if echo := convert.echoed(body):
+        yield sse_event({**head, "choices": [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}],
+                         **({"usage": None} if include_usage else {})})
     async for item in _chain(first, rest):
         logprobs = None
         if body.logprobs is not None:
@@ -172,6 +176,7 @@ def build_router() -> APIRouter:
         if body.stream:
             return sse_response(_streamed(_chat_events(first, rest, model, body), stream, model))
         collected = await cancel_on_disconnect(request, _collect(first, rest, stream))
+        collected.tool_calls = convert.allowed_calls(collected.tool_calls, body)
         return convert.chat_completion(collected, _served(collected.model, model), body.logprobs)
 
     @router.post("/completions", summary="Text completion (SSE when stream is true)")
@@ -181,7 +186,8 @@ def build_router() -> APIRouter:
         if body.stream:
             return sse_response(_streamed(_completion_events(first, rest, model, body), stream, model))
         collected = await cancel_on_disconnect(request, _collect(first, rest, stream))
-        return convert.text_completion(collected, _served(collected.model, model), body.logprobs is not None)
+        return convert.text_completion(collected, _served(collected.model, model), body.logprobs is not None,
+                                       convert.echoed(body))
 
     @router.post("/embeddings", summary="Embeddings (float or base64)")
     async def create_embeddings(request: Request, body: EmbeddingRequest) -> dict:
@@ -194,7 +200,7 @@ def build_router() -> APIRouter:
                 ),
             )
         except UpstreamError as error:
-            raise from_upstream(error, model=model.familiar) from None
-        return convert.embeddings(reply, _served(reply.model, model), body.encoding_format)
+            raise convert.blame(from_upstream(error, model=model.familiar), "input") from None
+        return convert.embeddings(reply, _served(reply.model, model), body.encoding_format, body.dimensions)
 
     return router
