@@ -256,7 +256,7 @@ def chat_logprobs(items) -> dict:
                 "logprob": finite_logprob(item.logprob),
                 "bytes": list(item.bytes or item.token.encode()),
                 "top_logprobs": [
-                    {"token": t.token, "logprob": finite_logprob(t.logprob), "bytes": list(t.token.encode())}
+                    {"token": t.token, "logprob": finite_logprob(t.logprob), "bytes": list(t.bytes or t.token.encode())}
                     for t in item.top
                 ],
             }

@@ -20,7 +20,7 @@ def logprobs_message(model: LoadedModel, sampled: list[Sampled]) -> list[runner_
             token=token_text(model, s.token),
             logprob=s.logprob,
             bytes=model.piece(s.token),
-            top=[runner_pb2.TopLogprob(token=token_text(model, t), logprob=lp) for t, lp in s.top],
+            top=[runner_pb2.TopLogprob(token=token_text(model, t), logprob=lp, bytes=model.piece(t)) for t, lp in s.top],
         )
         for s in sampled
     ]

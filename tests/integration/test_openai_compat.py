@@ -190,3 +190,18 @@ def test_content_parts_are_read_or_refused_by_name(oai):
         with pytest.raises(openai.BadRequestError) as caught:
             oai.chat.completions.create(model="ai/tiny", messages=[{"role": "user", "content": content}], max_tokens=2)
         assert caught.value.param == param
+
+
+def test_top_logprobs_alternatives_carry_their_own_bytes(oai):
+    """An alternative that is part of a UTF-8 character shows as U+FFFD; its bytes were those of U+FFFD
+    ([239, 191, 189]) instead of its own, so a client could not rebuild the text from them."""
+    reply = oai.chat.completions.create(model="ai/tiny", messages=MESSAGES, max_tokens=16, temperature=0,
+                                        logprobs=True, top_logprobs=10)
+    alternatives = [top for item in reply.choices[0].logprobs.content for top in item.top_logprobs]
+    assert alternatives
+    for top in alternatives:
+        assert top.bytes, top
+        if top.token != "\ufffd":
+            assert bytes(top.bytes).decode() == top.token, top
+    partial = [top for top in alternatives if top.token == "\ufffd"]
+    assert partial and all(bytes(top.bytes) != "\ufffd".encode() for top in partial), partial

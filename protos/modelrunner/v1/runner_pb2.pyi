@@ -135,12 +135,14 @@ class TokenLogprob(_message.Message):
     def __init__(self, token: _Optional[str] = ..., logprob: _Optional[float] = ..., bytes: _Optional[bytes] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
-    __slots__ = ("token", "logprob")
+    __slots__ = ("token", "logprob", "bytes")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
     token: str
     logprob: float
-    def __init__(self, token: _Optional[str] = ..., logprob: _Optional[float] = ...) -> None: ...
+    bytes: bytes
+    def __init__(self, token: _Optional[str] = ..., logprob: _Optional[float] = ..., bytes: _Optional[bytes] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("text", "finish_reason", "usage", "tool_calls", "logprobs", "model", "stop_sequence")
