@@ -220,7 +220,8 @@ def tool_calls(calls) -> list[dict]:
 def logprobs(items) -> list[dict]:
     return [
         {"token": item.token, "logprob": finite_logprob(item.logprob), "bytes": list(item.bytes or item.token.encode()),
-         "top_logprobs": [{"token": t.token, "logprob": finite_logprob(t.logprob)} for t in item.top]}
+         "top_logprobs": [{"token": t.token, "logprob": finite_logprob(t.logprob), "bytes": list(t.bytes or t.token.encode())}
+                          for t in item.top]}
         for item in items
     ]
 

@@ -205,3 +205,15 @@ def test_a_chat_that_cannot_be_cut_to_fit_says_how_to_enlarge_the_context(client
                            ("/v1/responses", {"model": "ai/tiny", "input": long[1:], "max_output_tokens": 2})]:
             answered = http.post(path, json=body)
             assert answered.status_code == 400 and "context holds 512" in answered.text, (path, answered.text)
+
+
+def test_top_logprobs_carry_their_bytes(stack):
+    """As Ollama's TopLogprob does: each alternative's own bytes, also for part of a UTF-8 character."""
+    body = {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+            "logprobs": True, "top_logprobs": 10, "options": {"num_predict": 16, "temperature": 0}}
+    reply = httpx.post(f"{stack.url}/api/chat", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    alternatives = [top for item in reply.json()["logprobs"] for top in item["top_logprobs"]]
+    assert alternatives and all(top["bytes"] for top in alternatives)
+    partial = [top for top in alternatives if top["token"] == "\ufffd"]
+    assert partial and all(bytes(top["bytes"]) != "\ufffd".encode() for top in partial), partial
