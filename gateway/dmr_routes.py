@@ -2,7 +2,11 @@
 top (201 for tag, 202 for _configure, JSON lines for pull/push progress, `?remote=true` to the
 Distribution, DELETE's one-key actions) and the routes the protos do not annotate: the list of
 configurations, and the blob upload that packaging streams its files through (the Store opens no path a
-client names)."""
+client names).
+
+A registry that cannot be reached answers 502, not the 503 its UNAVAILABLE maps to elsewhere: the
+`docker model` CLI reads any 503 as "Docker Model Runner is not running", which would send its user
+to restart a runner that is fine. A Distribution service that is itself down still answers 503."""
 
 from __future__ import annotations
 
@@ -38,6 +42,33 @@ PACKAGE_MODEL = "modelrunner.v1.Store.PackageModel"
 BLOB_UPLOAD = "/models/blobs/{digest}"  # PUT, raw bytes (application/octet-stream), streamed to the Store
 SERVER_PATH_FIELDS = ("gguf_path", "license_path", "chat_template_path")  # what PackageModel once took
 DELETE_MODEL = "modelrunner.v1.Store.DeleteModel"
+TAG_MODEL = "modelrunner.v1.Store.TagModel"
+PULL_MODEL = "modelrunner.v1.Distribution.PullModel"
+CONFIGURE = "modelrunner.v1.Runner.Configure"
+BACKEND_CONFIGURE = "/engines/llama.cpp/_configure"  # DMR's per-backend form of /engines/_configure
+
+
+def _upstream(error: UpstreamError) -> APIError:
+    """from_upstream, but a registry the Distribution could not reach is a 502 (see the module's note)."""
+    answer = from_upstream(error)
+    if error.service == "distribution" and error.code == grpc.StatusCode.UNAVAILABLE and not error.unreachable:
+        answer.status = 502
+    return answer
+
+
+def _check_required(full_name: str, query, body) -> None:
+    """The fields a route cannot go without, named as the client sends them (the protos would only say
+    "model name is empty")."""
+    if full_name == TAG_MODEL and not query.get("repo", "").strip():
+        raise APIError(400, "repo: the query parameter is required: the repository of the new name, as in "
+                       "POST /models/{name}/tag?repo=ai/mymodel&tag=v1 (tag defaults to latest)",
+                       param="repo", code="invalid_value")
+    if full_name == PULL_MODEL and not (isinstance(body, dict) and isinstance(body.get("from"), str)
+                                        and body["from"].strip()):
+        if isinstance(body, dict) and "from" in body and not isinstance(body["from"], str):
+            return  # the wrong type: build_request names it
+        raise APIError(400, 'from: is required: the model to pull, as in {"from": "ai/smollm2"}',
+                       param="from", code="invalid_value")
 
 
 def _service(backends: Backends, full_name: str) -> Service:
@@ -92,7 +123,7 @@ async def _progress(request: Request, service: Service, route: HttpRoute, messag
     try:
         first, rest = await cancel_on_disconnect(request, peek(stream))
     except UpstreamError as error:
-        raise from_upstream(error) from None
+        raise _upstream(error) from None
 
     async def lines():
         try:
@@ -101,7 +132,7 @@ async def _progress(request: Request, service: Service, route: HttpRoute, messag
             async for progress in rest:
                 yield json_line(proto_json.to_json(progress))
         except UpstreamError as error:
-            yield json_line({"type": "error", "message": from_upstream(error).message})
+            yield json_line({"type": "error", "message": _upstream(error).message})
         finally:
             stream.cancel()
 
@@ -169,6 +200,7 @@ def _endpoint(route: HttpRoute):
         body = await _json_body(request) if route.body else None
         if full_name == PACKAGE_MODEL:
             _refuse_server_paths(body)
+        _check_required(full_name, request.query_params, body)
         message = build_request(route, request.path_params, list(request.query_params.multi_items()), body)
         service = _service(backends, route.service)
         if route.server_streaming:
@@ -179,8 +211,15 @@ def _endpoint(route: HttpRoute):
             message = distribution_pb2.GetRemoteModelRequest(reference=message.name)
         else:
             method = route.method.name
-        reply = await service.unary(method, message, timeout)
-        return JSONResponse(_answer(route, reply), status_code=STATUS.get(full_name, 200))
+        try:
+            reply = await service.unary(method, message, timeout)
+        except UpstreamError as error:
+            raise _upstream(error) from None
+        data = _answer(route, reply)
+        if full_name == TAG_MODEL and isinstance(data, dict):  # DMR's answer, beside ours
+            target = f"{request.query_params['repo']}:{request.query_params.get('tag') or 'latest'}"
+            data = {"message": f"Model tagged successfully with {json.dumps(target)}", "target": target, **data}
+        return JSONResponse(data, status_code=STATUS.get(full_name, 200))
 
     endpoint.__name__ = route.method.name
     return endpoint
@@ -205,6 +244,8 @@ def install(app: FastAPI) -> None:
         openapi_extra=accepts("application/octet-stream"),
     )
     for route in routes_of(SERVICES):
+        if route.method.full_name == CONFIGURE:
+            _install_backend_configure(app, route)
         status = STATUS.get(route.method.full_name, 200)
         operation = openapi_operation(route)
         if status != 200:
@@ -219,3 +260,18 @@ def install(app: FastAPI) -> None:
             openapi_extra=operation,
             operation_id=f"{route.method.containing_service.name}_{route.method.name}",
         )
+
+
+def _install_backend_configure(app: FastAPI, route: HttpRoute) -> None:
+    """`POST /engines/llama.cpp/_configure`: DMR's per-backend form of `/engines/_configure`, as the
+    OpenAI routes are served under `/engines/llama.cpp/v1/` too (llama.cpp is the Runner's backend)."""
+    app.add_api_route(
+        BACKEND_CONFIGURE,
+        _endpoint(route),
+        methods=["POST"],
+        tags=["Docker Model Runner"],
+        summary="Runner.Configure, under the backend's name (DMR's form); answers 202",
+        status_code=202,
+        openapi_extra=openapi_operation(route),
+        operation_id="Runner_ConfigureLlamaCpp",
+    )

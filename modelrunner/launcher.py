@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from modelrunner import probes
 from modelrunner.common import config
 from modelrunner.common.lifeline import PARENT_PID_ENV
@@ -254,7 +256,12 @@ def run_foreground(
 
             state.state = "importing"
             state.write(layout.state_file)
-            ensure_default_model(state.services["store"]["addr"], say)
+            try:
+                ensure_default_model(state.services["store"]["addr"], say)
+            except (OSError, grpc.RpcError) as err:  # FileNotFoundError: the package is not installed
+                detail = err.details() if isinstance(err, grpc.Call) else str(err)
+                raise LaunchError(f"could not import the default model: {detail}; "
+                                  "start with --no-default-model to go without it") from None
         state.state = "ready"
         state.write(layout.state_file)
         say(f"Model Runner is up in {time.monotonic() - started:.1f}s: {stack.http_url} "

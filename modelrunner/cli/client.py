@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 DEFAULT_HOST = "http://127.0.0.1:12434"
 HOST_ENV = "MODELRUNNER_HOST"
 API_KEY_ENV = "MODELRUNNER_API_KEY"  # the gateway's --api-key, sent as a bearer token
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class CliError(Exception):
@@ -52,6 +54,19 @@ def _reason(response: httpx.Response) -> str:
         if body.get("message"):
             return str(body["message"])
     return f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+def utf8_clean(value: Any) -> Any:
+    """`value` with every lone surrogate as U+FFFD: Python decodes argv, stdin and input() bytes that
+    are not UTF-8 to surrogates (surrogateescape), which no JSON body can carry. Replaced, as Go's
+    encoding/json does for the `docker model` and `ollama` CLIs, rather than failing the request."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {utf8_clean(k): utf8_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [utf8_clean(v) for v in value]
+    return value
 
 
 def model_path(name: str) -> str:
@@ -96,6 +111,8 @@ class Gateway:
             raise CliError(f"request to {self.base_url}{path} failed: {err}") from None
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if "json" in kwargs:
+            kwargs["json"] = utf8_clean(kwargs["json"])
         with self._transport_errors(method, path):
             response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
@@ -114,6 +131,8 @@ class Gateway:
     @contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A streamed response whose status was checked (an error body is read and raised)."""
+        if "json" in kwargs:
+            kwargs["json"] = utf8_clean(kwargs["json"])
         with self._transport_errors(method, path), self.http.stream(method, path, **kwargs) as response:
             if response.status_code >= 400:
                 response.read()

@@ -10,7 +10,7 @@ import typer
 
 from modelrunner.cli import chat, client, progress
 from modelrunner.cli.client import CliError, GatewayUnreachable, model_path
-from modelrunner.cli.output import ago, console, error, familiar, human_size, print_json, short_id, table
+from modelrunner.cli.output import ago, console, err_console, error, familiar, human_size, print_json, short_id, table
 from modelrunner.common.names import InvalidReference, Reference, is_digest, parse_reference
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -100,7 +100,8 @@ def rm(
         except GatewayUnreachable:
             raise
         except CliError as err:
-            error(f"{name}: {err}")
+            hint = f" (`modelrunner rm --force {name}`)" if err.status == 409 and not force else ""
+            error(f"{name}: {err}{hint}")
             failed += 1
             continue
         for action in actions or []:
@@ -188,23 +189,58 @@ def run(
 ) -> None:
     """Chat with a model, or answer one prompt (also from piped stdin)."""
     checked(model)
+    if max_tokens < 0:
+        raise CliError(f"--max-tokens must be 0 (no limit) or more, not {max_tokens}")
     gateway = client.connect()
     try:
-        gateway.json("GET", f"/models/{model_path(model)}")
+        found = gateway.json("GET", f"/models/{model_path(model)}")
     except CliError as err:
         if err.status != 404:
             raise
         error(f"{model} is not present locally; pulling it")
         pull(model)
-    piped = None if sys.stdin.isatty() else sys.stdin.read()
+        found = None
+    name = _served_name(model, found)
+    piped = None if sys.stdin.isatty() else _read_stdin()
     if prompt is not None or piped:
         text = "\n\n".join(part for part in (prompt, piped) if part)
-        chat.answer_once(gateway, model, text, max_tokens)
+        chat.answer_once(gateway, name, text, max_tokens)
         return
     if piped is not None:  # stdin was empty and not a terminal: nothing to answer
         raise CliError("no prompt: give one as an argument or on stdin")
     _enable_readline()
-    chat.repl(gateway, model, max_tokens=max_tokens)
+    chat.repl(gateway, name, max_tokens=max_tokens)
+
+
+def _served_name(typed: str, model: dict | None) -> str:
+    """The name to chat with. `GET /models/{name}` also finds a model by id (`40ca68a09432`, with or
+    without `sha256:`) and by a bare name part (`smollm2` for `ai/smollm2:latest`), as Docker Model
+    Runner does; the chat routes take references only, so such a name becomes the model's first tag
+    (its id when it has none), as `docker model run` expands it."""
+    if not isinstance(model, dict):
+        return typed
+    tags = [t for t in model.get("tags") or [] if isinstance(t, str)]
+    try:
+        if str(parse_reference(typed)) in tags:
+            return typed
+    except InvalidReference:
+        pass
+    return familiar(tags[0]) if tags else str(model.get("id") or typed)
+
+
+def _read_stdin() -> str:
+    """Piped stdin as text; bytes that are not UTF-8 become U+FFFD (a warning says so) rather than
+    fail: whatever the locale's error handler would do with them."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream with no bytes under it (a test's StringIO)
+        return sys.stdin.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        err_console.print(f"[yellow]warning:[/yellow] stdin is not UTF-8 text (byte {err.start}): "
+                          "invalid bytes sent as U+FFFD", markup=True, soft_wrap=True)
+        return data.decode("utf-8", "replace")
 
 
 def _enable_readline() -> None:

@@ -32,10 +32,23 @@ class TransferView:
         self.progress = progress
         self.layers: dict[str, TaskID] = {}
         self.total_task: TaskID | None = None
+        self.started = False
+
+    def _add_task(self, description: str, total: float | None) -> TaskID:
+        """A bar; the display starts with the first, so a transfer refused before any progress leaves no
+        empty line above its error."""
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        return self.progress.add_task(description, total=total)
+
+    def stop(self) -> None:
+        if self.started:
+            self.progress.stop()
 
     def _total(self, total: float) -> TaskID:
         if self.total_task is None:
-            self.total_task = self.progress.add_task(f"{self.verb} total", total=total or None)
+            self.total_task = self._add_task(f"{self.verb} total", total=total or None)
         return self.total_task
 
     def handle(self, message: dict) -> dict | None:
@@ -55,7 +68,7 @@ class TransferView:
             lid = layer["id"]
             if lid not in self.layers:
                 label = lid.split(":", 1)[-1][:12]
-                self.layers[lid] = self.progress.add_task(f"  {label}", total=layer.get("size") or None)
+                self.layers[lid] = self._add_task(f"  {label}", total=layer.get("size") or None)
             self.progress.update(self.layers[lid], completed=layer.get("current", 0), total=layer.get("size") or None)
         if total:
             task = self._total(total)
@@ -79,9 +92,11 @@ def render(verb: str, messages: Iterable[dict], *, show_bars: bool = True) -> di
         disable=not show_bars,
     )
     view = TransferView(verb, progress)
-    with progress:
+    try:
         for message in messages:
             done = view.handle(message)
             if done is not None:
                 return done
+    finally:
+        view.stop()
     raise CliError(f"the gateway ended the {verb.lower()} stream without reporting success; run it again to resume")

@@ -37,7 +37,10 @@ def up(
     """Start the local stack (store, distribution, runner, gateway)."""
     from modelrunner import launcher  # grpc and the launcher load only for the commands that use them
 
+    _check_up_options(port, grpc_base_port, timeout, log_level)
     layout = StackLayout.resolve(data_dir)
+    _check_data_dir(layout)
+    log_level = log_level.lower()
     started = time.monotonic()
     try:
         if foreground:
@@ -50,6 +53,8 @@ def up(
                 "--timeout", str(timeout), "--log-level", log_level]
         if not default_model:
             argv.append("--no-default-model")
+        if launcher.running_state(layout) is None:  # else start_background names the running stack
+            launcher.check_ports_free(Stack(layout, Ports.from_base(port, grpc_base_port), log_level))
         with err_console.status("Starting Model Runner...") as spinner:
             states = {"starting": "Starting Model Runner...", "importing": "Importing the default model (first start)..."}
             state = launcher.start_background(
@@ -59,6 +64,37 @@ def up(
         raise CliError(str(err)) from None
     console.print(f"Model Runner is up in {time.monotonic() - started:.1f}s: {state.url} "
                   f"(OpenAI API at {state.url}/v1). Stop it with `modelrunner down`.", markup=False)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PORT = 65535
+
+
+def _check_up_options(port: int, grpc_base_port: int, timeout: float, log_level: str) -> None:
+    """Options `up` cannot start with, refused before any process starts (a service would die on them)."""
+    if not 1 <= port <= MAX_PORT:
+        raise CliError(f"--port {port} is not a TCP port: choose one from 1 to {MAX_PORT}")
+    if grpc_base_port != 0:
+        if not 1 <= grpc_base_port <= MAX_PORT - 3:
+            raise CliError(f"--grpc-base-port {grpc_base_port}: the four gRPC ports it starts must lie from 1 to "
+                           f"{MAX_PORT} (so at most {MAX_PORT - 3}); 0 picks any free ports")
+        if grpc_base_port <= port <= grpc_base_port + 3:
+            raise CliError(f"--port {port} is one of the gRPC ports {grpc_base_port}-{grpc_base_port + 3} "
+                           "(--grpc-base-port and the next three): choose another")
+    if not timeout > 0:
+        raise CliError(f"--timeout must be more than 0 seconds, not {timeout:g}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise CliError(f"--log-level {log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
+
+
+def _check_data_dir(layout: StackLayout) -> None:
+    """The data directory must be one the stack can write its logs and state in."""
+    for path in (layout.logs_dir, layout.run_dir):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CliError(f"cannot use {layout.data_dir} as the data directory: {err.strerror or err} "
+                           f"({err.filename or path}); choose another with --data-dir") from None
 
 
 def down(
