@@ -156,9 +156,10 @@ def generate_request(body: MessagesRequest, model: ModelName) -> runner_pb2.Gene
 
 
 def blame_format(error: APIError) -> APIError:
-    """The Runner's refusal of a schema names the contract's response_format.json_schema: name the
+    """The refusal of a schema names OpenAI's response_format.json_schema.schema (openai_convert.blame
+    reworded the contract's field for every route sharing _start): name the
     field the client sent, output_config.format.schema (a forced call's refusal already names its tool)."""
-    return renamed(error, "response_format.json_schema", "output_config.format.schema")
+    return renamed(error, "response_format.json_schema.schema", "output_config.format.schema")
 
 
 def stop_reason(c: Collected) -> str:

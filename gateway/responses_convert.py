@@ -159,9 +159,10 @@ def generate_request(body: ResponsesRequest, model: ModelName, conversation: lis
 
 
 def blame_format(error: APIError) -> APIError:
-    """The Runner's refusal of a schema names the contract's response_format.json_schema: name the
+    """The refusal of a schema names OpenAI's response_format.json_schema.schema (openai_convert.blame
+    reworded the contract's field for every route sharing _start): name the
     field the client sent, text.format.schema (a forced call's refusal already names its tool)."""
-    return renamed(error, "response_format.json_schema", "text.format.schema")
+    return renamed(error, "response_format.json_schema.schema", "text.format.schema")
 
 
 def renamed(error: APIError, field: str, sent: str) -> APIError:
