@@ -25,16 +25,6 @@ def stack(tmp_path_factory, tiny_gguf):
         yield running
 
 
-@pytest.fixture
-def claude(stack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0)
-
-
-@pytest.fixture
-def oai(stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
-
-
 def anthropic_error(claude: anthropic.Anthropic, **body) -> str:
     """The message of the 400 that `body` gets, checked to be in Anthropic's error shape."""
     with pytest.raises(anthropic.BadRequestError) as caught:

@@ -42,16 +42,6 @@ def stack(tmp_path_factory, tiny_gguf):
         yield running
 
 
-@pytest.fixture
-def claude(stack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0)
-
-
-@pytest.fixture
-def oai(stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
-
-
 def test_anthropic_any_with_defs(claude):
     reply = claude.messages.create(model="ai/tiny", max_tokens=128, messages=MESSAGES, tool_choice={"type": "any"},
                                    tools=[{"name": "weather", "input_schema": WEATHER}], extra_body={"temperature": 0})

@@ -43,11 +43,6 @@ def http(stack: Stack):
 
 
 @pytest.fixture
-def oai(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture
 def olm(stack: Stack) -> ollama.Client:
     return ollama.Client(host=stack.url, timeout=120)
 

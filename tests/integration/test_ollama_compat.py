@@ -29,11 +29,6 @@ def stack(tmp_path_factory, tiny_gguf):
         yield running
 
 
-@pytest.fixture
-def client(stack) -> ollama.Client:
-    return ollama.Client(host=stack.url, timeout=120)
-
-
 def ndjson(reply: httpx.Response) -> list[dict]:
     assert reply.status_code == 200, reply.text
     return [json.loads(line) for line in reply.text.splitlines() if line]
@@ -60,33 +55,33 @@ def test_a_null_field_is_an_absent_one_as_go_reads_it(stack):
         assert chat.status_code == 200 and chat.json()["done"] is True
 
 
-def test_create_names_a_local_model_anew(client):
-    statuses = [p.status for p in client.create(model="tiny-copy:v1", from_="tiny", stream=True)]
+def test_create_names_a_local_model_anew(ollama_client):
+    statuses = [p.status for p in ollama_client.create(model="tiny-copy:v1", from_="tiny", stream=True)]
     assert statuses[-1] == "success"
-    assert client.create(model="tiny-copy2", from_="ai/tiny:latest").status == "success"
-    names = {m.model for m in client.list().models}
+    assert ollama_client.create(model="tiny-copy2", from_="ai/tiny:latest").status == "success"
+    names = {m.model for m in ollama_client.list().models}
     assert {"ai/tiny-copy:v1", "ai/tiny-copy2:latest"} <= names
-    assert client.chat(model="tiny-copy:v1", messages=HI, options=SHORT).done
+    assert ollama_client.chat(model="tiny-copy:v1", messages=HI, options=SHORT).done
 
 
-def test_create_packages_an_uploaded_gguf(client, stack, tmp_path):
+def test_create_packages_an_uploaded_gguf(ollama_client, stack, tmp_path):
     """What `ollama create -f Modelfile` with `FROM ./model.gguf` sends: the blob, then `files`."""
     gguf = write_tiny_gguf(tmp_path / "own.gguf", seed=5)
-    digest = client.create_blob(gguf)
+    digest = ollama_client.create_blob(gguf)
     assert httpx.head(f"{stack.url}/api/blobs/{digest}").status_code == 200
     assert httpx.head(f"{stack.url}/api/blobs/sha256-{digest[7:]}").status_code == 200  # Ollama's file naming
     assert httpx.head(f"{stack.url}/api/blobs/sha256:{'0' * 64}").status_code == 404
-    statuses = [p.status for p in client.create(model="own", files={"own.gguf": digest}, stream=True)]
+    statuses = [p.status for p in ollama_client.create(model="own", files={"own.gguf": digest}, stream=True)]
     assert statuses[-1] == "success"
-    assert any(m.model == "ai/own:latest" for m in client.list().models)
-    assert client.show("own").details.family == "llama"
-    assert client.generate(model="own", prompt="hi", options=SHORT).done
+    assert any(m.model == "ai/own:latest" for m in ollama_client.list().models)
+    assert ollama_client.show("own").details.family == "llama"
+    assert ollama_client.generate(model="own", prompt="hi", options=SHORT).done
 
 
-def test_create_refuses_what_it_cannot_keep_naming_the_field(client, stack):
+def test_create_refuses_what_it_cannot_keep_naming_the_field(ollama_client, stack):
     def refused(**kwargs) -> ollama.ResponseError:
         with pytest.raises(ollama.ResponseError) as err:
-            client.create(**kwargs)
+            ollama_client.create(**kwargs)
         return err.value
 
     system = refused(model="x", from_="tiny", system="You are terse.")
@@ -111,19 +106,19 @@ def test_create_refuses_what_it_cannot_keep_naming_the_field(client, stack):
                          headers={"content-type": "application/octet-stream"}).status_code == 201
         not_gguf = http.post("/api/create", json={"model": "x", "files": {"x.gguf": digest}})
         assert not_gguf.status_code == 400 and "GGUF" in not_gguf.json()["error"]
-    assert "ai/x:latest" not in {m.model for m in client.list().models}
+    assert "ai/x:latest" not in {m.model for m in ollama_client.list().models}
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_eval_timings_are_the_engines_not_chunk_arrivals(client, stream):
+def test_eval_timings_are_the_engines_not_chunk_arrivals(ollama_client, stream):
     """Timed from chunk arrivals in the gateway, tokens that reached it in one chunk took no time: a
     4-token answer reported 117 us of evaluation (34,000 tokens/s). The engine times its decode steps."""
     options = {"temperature": 0, "num_predict": 6}
     started = time.perf_counter_ns()
     if stream:
-        final = list(client.chat(model="tiny", messages=HI, options=options, stream=True))[-1]
+        final = list(ollama_client.chat(model="tiny", messages=HI, options=options, stream=True))[-1]
     else:
-        final = client.chat(model="tiny", messages=HI, options=options)
+        final = ollama_client.chat(model="tiny", messages=HI, options=options)
     wall = time.perf_counter_ns() - started
     assert final.done and final.prompt_eval_count > 0
     assert 0 < final.prompt_eval_duration <= wall
@@ -165,34 +160,34 @@ def _conversation(turns: int) -> list[dict]:
     return [system, *history, {"role": "user", "content": "and now?"}]
 
 
-def test_an_overlong_chat_keeps_its_system_message_and_the_latest_turns_that_fit(client, stack):
+def test_an_overlong_chat_keeps_its_system_message_and_the_latest_turns_that_fit(ollama_client, stack):
     """Ollama cuts a chat too long for the context (512 tokens here); we answered 400. The cut keeps
     the system message and the longest run of the latest turns, starting at a user message, that
     leaves room for the answer (num_predict)."""
     messages = _conversation(60)
     assert _count(stack, messages) > 512
-    reply = client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40})
+    reply = ollama_client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40})
     assert reply.done
     budget = 512 - 40
     kept = next(k for k in range(len(messages) - 1, 0, -2) if _count(stack, [messages[0], *messages[-k:]]) <= budget)
     assert messages[-kept]["role"] == "user"
     assert reply.prompt_eval_count == _count(stack, [messages[0], *messages[-kept:]])  # that chat, counted
-    streamed = list(client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40}, stream=True))
+    streamed = list(ollama_client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40}, stream=True))
     assert streamed[-1].prompt_eval_count == reply.prompt_eval_count
 
 
-def test_an_overlong_raw_prompt_keeps_its_start_token_and_its_end(client):
+def test_an_overlong_raw_prompt_keeps_its_start_token_and_its_end(ollama_client):
     """Without room for the answer's max_tokens (or, with none, a quarter of the context), a raw
     prompt keeps the BOS and as many of its last tokens as leave that room."""
-    cut = client.generate(model="tiny", prompt="x" * 2000, raw=True, options={**SHORT, "num_predict": 12})
+    cut = ollama_client.generate(model="tiny", prompt="x" * 2000, raw=True, options={**SHORT, "num_predict": 12})
     assert cut.done and cut.prompt_eval_count == 512 - 12
-    unbounded = client.generate(model="tiny", prompt="y" * 2000, raw=True, options={"temperature": 0})
+    unbounded = ollama_client.generate(model="tiny", prompt="y" * 2000, raw=True, options={"temperature": 0})
     assert unbounded.prompt_eval_count == 512 - 512 // 4
 
 
-def test_a_chat_that_cannot_be_cut_to_fit_says_how_to_enlarge_the_context(client, stack):
+def test_a_chat_that_cannot_be_cut_to_fit_says_how_to_enlarge_the_context(ollama_client, stack):
     with pytest.raises(ollama.ResponseError) as err:
-        client.chat(model="tiny", messages=[*HI, {"role": "user", "content": "z" * 3000}], options=SHORT)
+        ollama_client.chat(model="tiny", messages=[*HI, {"role": "user", "content": "z" * 3000}], options=SHORT)
     assert err.value.status_code == 400
     assert "--context-size" in err.value.error and "/engines/_configure" in err.value.error
     long = _conversation(60)
