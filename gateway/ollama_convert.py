@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from modelrunner.common.names import InvalidReference, Reference, is_digest, parse_reference
 from modelrunner.gateway.errors import APIError
-from modelrunner.gateway.openai_convert import finite_logprob
+from modelrunner.gateway.openai_convert import token_logprobs
 from modelrunner.gateway.ollama_models import ChatRequest, GenerateRequest, GeneratingFields, Message, Options
 from modelrunner.v1 import runner_pb2, types_pb2
 
@@ -217,15 +217,6 @@ def tool_calls(calls) -> list[dict]:
     return out
 
 
-def logprobs(items) -> list[dict]:
-    return [
-        {"token": item.token, "logprob": finite_logprob(item.logprob), "bytes": list(item.bytes or item.token.encode()),
-         "top_logprobs": [{"token": t.token, "logprob": finite_logprob(t.logprob), "bytes": list(t.bytes or t.token.encode())}
-                          for t in item.top]}
-        for item in items
-    ]
-
-
 @dataclass
 class Collected:
     """A generation gathered from its chunks."""
@@ -251,14 +242,14 @@ def chat_line(model: ModelName, content: str = "", calls=(), lps=()) -> dict:
         message["tool_calls"] = tool_calls(calls)
     line = {"model": model.typed, "created_at": now_rfc3339(), "message": message, "done": False}
     if lps:
-        line["logprobs"] = logprobs(lps)
+        line["logprobs"] = token_logprobs(lps)
     return line
 
 
 def generate_line(model: ModelName, text: str = "", lps=()) -> dict:
     line = {"model": model.typed, "created_at": now_rfc3339(), "response": text, "done": False}
     if lps:
-        line["logprobs"] = logprobs(lps)
+        line["logprobs"] = token_logprobs(lps)
     return line
 
 

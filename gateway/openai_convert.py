@@ -248,21 +248,19 @@ def finite_logprob(value: float) -> float:
     return value if math.isfinite(value) else LOGPROB_FLOOR
 
 
+def _logprob(item) -> dict:
+    """A token's (or an alternative's) logprob with its own bytes: its text shows part of a UTF-8
+    character as U+FFFD."""
+    return {"token": item.token, "logprob": finite_logprob(item.logprob), "bytes": list(item.bytes or item.token.encode())}
+
+
+def token_logprobs(items) -> list[dict]:
+    """Each sampled token with its alternatives: OpenAI's chat `logprobs.content`, and Ollama's `logprobs`."""
+    return [{**_logprob(item), "top_logprobs": [_logprob(t) for t in item.top]} for item in items]
+
+
 def chat_logprobs(items) -> dict:
-    return {
-        "content": [
-            {
-                "token": item.token,
-                "logprob": finite_logprob(item.logprob),
-                "bytes": list(item.bytes or item.token.encode()),
-                "top_logprobs": [
-                    {"token": t.token, "logprob": finite_logprob(t.logprob), "bytes": list(t.bytes or t.token.encode())}
-                    for t in item.top
-                ],
-            }
-            for item in items
-        ]
-    }
+    return {"content": token_logprobs(items)}
 
 
 def completion_logprobs(items, offset: int = 0) -> dict:

@@ -231,8 +231,8 @@ def test_a_token_of_no_probability_has_a_logprob_json_can_carry():
     import json
     import math
 
-    from modelrunner.gateway.ollama_convert import logprobs
+    from modelrunner.gateway.openai_convert import token_logprobs  # what Ollama's lines carry
     from modelrunner.v1 import runner_pb2
 
     item = runner_pb2.TokenLogprob(token="a", logprob=-math.inf, top=[runner_pb2.TopLogprob(token="b", logprob=-math.inf)])
-    json.dumps(logprobs([item]), allow_nan=False)
+    json.dumps(token_logprobs([item]), allow_nan=False)
