@@ -10,21 +10,16 @@ from __future__ import annotations
 import json
 import uuid
 
-from fastapi.responses import JSONResponse
 
 from modelrunner.gateway import forced_tools
 from modelrunner.gateway.anthropic_models import ContentBlock, CountTokensRequest, MessagesRequest, Tool
-from modelrunner.gateway.errors import APIError, anthropic_body
+from modelrunner.gateway.errors import APIError
 from modelrunner.gateway.openai_convert import Collected, ModelName
 from modelrunner.gateway.responses_convert import renamed
 from modelrunner.v1 import runner_pb2
 
 # The Runner's finish_reason -> Anthropic's stop_reason.
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "stop": "end_turn"}
-
-
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(anthropic_body(error), status_code=error.status, headers=error.headers)
 
 
 def new_id(prefix: str) -> str:

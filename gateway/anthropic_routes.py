@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from modelrunner.gateway import anthropic_convert as convert
 from modelrunner.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from modelrunner.gateway.backends import ServerStream, UpstreamError
-from modelrunner.gateway.errors import APIError, anthropic_body, from_upstream, validation_error
+from modelrunner.gateway.errors import APIError, anthropic_body, anthropic_response, from_upstream, validation_error
 from modelrunner.gateway.openai_convert import Collected, ModelName, resolve_model
 from modelrunner.gateway.openai_routes import _chain, _collect, _generate, _served
 from modelrunner.gateway.streaming import cancel_on_disconnect, sse_event, sse_response
@@ -40,13 +40,13 @@ class AnthropicRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                return convert.error_response(validation_error(exc))
+                return anthropic_response(validation_error(exc))
             except APIError as exc:
-                return convert.error_response(exc)
+                return anthropic_response(exc)
             except UpstreamError as exc:
-                return convert.error_response(from_upstream(exc))
+                return anthropic_response(from_upstream(exc))
             except StarletteHTTPException as exc:
-                return convert.error_response(APIError(exc.status_code, str(exc.detail)))
+                return anthropic_response(APIError(exc.status_code, str(exc.detail)))
 
         return route
 
@@ -56,7 +56,7 @@ class AnthropicRoute(APIRoute):
             await super().handle(scope, receive, send)
         except StarletteHTTPException as exc:
             error = APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
-            await convert.error_response(error)(scope, receive, send)
+            await anthropic_response(error)(scope, receive, send)
 
 
 def event(payload: dict) -> bytes:

@@ -179,16 +179,23 @@ def anthropic_body(error: APIError) -> dict:
     return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
+def anthropic_response(error: APIError) -> JSONResponse:
+    return JSONResponse(anthropic_body(error), status_code=error.status, headers=error.headers)
+
+
+def ollama_response(error: APIError) -> JSONResponse:
+    """Ollama's clients read a plain-string error."""
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+
 def response_for(path: str, error: APIError) -> JSONResponse:
     """`error` in the shape the clients of `path`'s surface read, for an answer given before a route of
     that surface runs (a middleware's refusal, no route matched): their SDKs parse only their own."""
     if path.startswith(OLLAMA_PREFIX):
-        body: dict = {"error": error.message}
-    elif path.endswith(ANTHROPIC_SUFFIXES):
-        body = anthropic_body(error)
-    else:
-        body = error.body()
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+        return ollama_response(error)
+    if path.endswith(ANTHROPIC_SUFFIXES):
+        return anthropic_response(error)
+    return error.response()
 
 
 def install(app: FastAPI) -> None:

@@ -25,7 +25,7 @@ from modelrunner.gateway import ollama_convert as convert
 from modelrunner.gateway import ollama_create
 from modelrunner.gateway.backends import Backends, ServerStream, Service, UpstreamError
 from modelrunner.gateway.dmr_routes import upload_blob  # the Store's one blob upload path
-from modelrunner.gateway.errors import ERROR_RESPONSES, APIError, from_upstream, validation_error
+from modelrunner.gateway.errors import ERROR_RESPONSES, APIError, from_upstream, ollama_response, validation_error
 from modelrunner.gateway.middleware import JSON, accepts
 from modelrunner.gateway.ollama_convert import ModelName, Timings
 from modelrunner.gateway.ollama_models import (
@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"
 RESPONSES = {status: {"model": OllamaErrorBody, "description": spec["description"]}
              for status, spec in ERROR_RESPONSES.items()}
-
-
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
 
 def _as_api_error(exc: Exception) -> APIError | None:
@@ -83,7 +79,7 @@ class OllamaRoute(APIRoute):
                 if error is None:  # a bug: logged, answered in the same body, never a traceback
                     log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
                     error = APIError(500, f"internal error: {type(exc).__name__}")
-                return error_response(error)
+                return ollama_response(error)
 
         return route
 
