@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 
-
 from modelrunner.gateway import forced_tools
 from modelrunner.gateway.anthropic_models import ContentBlock, CountTokensRequest, MessagesRequest, Tool
 from modelrunner.gateway.errors import APIError
