@@ -12,6 +12,8 @@ import typer
 from modelrunner.cli import client
 from modelrunner.cli.client import CliError
 from modelrunner.cli.output import console, err_console, print_json, table
+from modelrunner.common.config import LOG_LEVELS
+from modelrunner.common.names import MAX_PORT
 from modelrunner.stack import DEFAULT_GRPC_BASE_PORT, DEFAULT_HTTP_PORT, Ports, Stack, StackLayout
 
 DataDirOpt = Annotated[
@@ -66,8 +68,6 @@ def up(
                   f"(OpenAI API at {state.url}/v1). Stop it with `modelrunner down`.", markup=False)
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-MAX_PORT = 65535
 
 
 def _check_up_options(port: int, grpc_base_port: int, timeout: float, log_level: str) -> None:
