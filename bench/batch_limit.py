@@ -3,7 +3,9 @@
 For N concurrent sequences (8 short prompts, 128 tokens each, end of sequence ignored) it measures
 aggregate output tokens/s of (a) a bare loop over llama-cpp-python's low-level API (one llama_decode
 per step for all sequences, numpy argmax, unified KV cache) and (b) the Runner's backend + scheduler,
-interleaved in one process so both see the same machine.
+interleaved in one process so both see the same machine. It also times every llama_decode call and
+reports the median time between the end of one and the start of the next (each loop's own work per
+step: sampling, batch building, delivery).
 
     python bench/batch_limit.py [--model PATH] [--n 1,4,8,16] [--tokens 128] [--repeat 3]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import time
 from pathlib import Path
@@ -109,6 +112,29 @@ async def run_scheduler(scheduler: Scheduler, prompts: list[list[int]], tokens: 
     return sum(counts), time.perf_counter() - start
 
 
+class StepClock:
+    """Wraps llama_cpp.llama_decode (both loops call it through the module) to time the gaps between steps."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, float]] = []  # (start, seconds)
+        decode = llama_cpp.llama_decode
+
+        def timed(ctx, batch):
+            started = time.perf_counter()
+            try:
+                return decode(ctx, batch)
+            finally:
+                self.steps.append((started, time.perf_counter() - started))
+
+        llama_cpp.llama_decode = timed
+
+    def gap_ms(self) -> float:
+        """The median time between two steps of the last run (its prefill and first steps left out)."""
+        steps, self.steps = self.steps[3:], []
+        gaps = [b[0] - a[0] - a[1] for a, b in zip(steps, steps[1:])]
+        return statistics.median(gaps) * 1000 if gaps else math.nan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
@@ -122,6 +148,7 @@ def main() -> None:
     bare = BareLoop(path, slots)
     loaded = LlamaCppBackend().load([str(path)], LoadOptions(context_size=CONTEXT, parallel=slots))
     prompts = [bare.tokenize(chat(p)) for p in PROMPTS]
+    clock = StepClock()
 
     async def measure() -> None:
         scheduler = Scheduler(loaded, name="bench", max_queue=1024)
@@ -129,17 +156,21 @@ def main() -> None:
             warm = prompts[:min(2, slots)]
             await run_scheduler(scheduler, warm, 8)  # warm up both paths
             bare.run(warm, 8)
-            print(f"{'N':>3} {'bare tok/s':>11} {'scheduler tok/s':>16} {'ratio':>6}")
+            clock.gap_ms()
+            print(f"{'N':>3} {'bare tok/s':>11} {'scheduler tok/s':>16} {'ratio':>6} {'gap ms bare/scheduler':>22}")
             for n in sizes:
                 batch = [prompts[i % len(prompts)] for i in range(n)]
-                bare_rates, sched_rates = [], []
+                bare_rates, sched_rates, bare_gaps, sched_gaps = [], [], [], []
                 for _ in range(args.repeat):
                     produced, seconds = bare.run(batch, args.tokens)
                     bare_rates.append(produced / seconds)
+                    bare_gaps.append(clock.gap_ms())
                     produced, seconds = await run_scheduler(scheduler, batch, args.tokens)
                     sched_rates.append(produced / seconds)
+                    sched_gaps.append(clock.gap_ms())
                 b, s = statistics.median(bare_rates), statistics.median(sched_rates)
-                print(f"{n:>3} {b:>11.1f} {s:>16.1f} {s / b:>6.2f}", flush=True)
+                gaps = f"{statistics.median(bare_gaps):.3f} / {statistics.median(sched_gaps):.3f}"
+                print(f"{n:>3} {b:>11.1f} {s:>16.1f} {s / b:>6.2f} {gaps:>22}", flush=True)
         finally:
             scheduler.close()
 
