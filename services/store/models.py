@@ -209,7 +209,8 @@ class ModelStore:
             raise invalid(f"the model's config: {problem}")
 
     async def tag(self, source: str, repo: str, tag: str) -> tuple[str, str]:
-        """Points repo:tag at the model `source` names; returns (new tag, model id)."""
+        """Points repo:tag at the model `source` names; returns (new tag, model id). A model that
+        loses its last tag to this is kept by id (Docker's `<none>`): tagging never deletes a model."""
         ref = parse_reference(repo)
         if ref.digest:
             raise invalid(f"repo {repo!r} is a digest reference; give a repository such as ai/name")
@@ -222,6 +223,9 @@ class ModelStore:
 
             def change(entries: tuple[Entry, ...]) -> list[Entry]:
                 kept = [e for e in entries if e.tag != target and not (e.digest == digest and e.tag is None)]
+                displaced = next((e for e in entries if e.tag == target and e.digest != digest), None)
+                if displaced is not None and not any(e.digest == displaced.digest for e in kept):
+                    kept.append(Entry(displaced.digest, displaced.size, displaced.media_type, None))
                 return [*kept, Entry(digest, entry.size, entry.media_type, target)]
 
             await self._mutate(change)

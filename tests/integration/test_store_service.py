@@ -245,6 +245,23 @@ async def test_tag_delete_and_garbage_collection(stub, store):
     assert (await stub.ListModels(store_pb2.ListModelsRequest())).models == []
 
 
+async def test_tagging_onto_another_models_last_tag_keeps_that_model_by_id(stub, store):
+    a = await put_model(stub, ["ai/a"], [os.urandom(1000)], arch="a")
+    own = os.urandom(2000)
+    b = await put_model(stub, ["ai/b"], [own], arch="b")
+    await stub.TagModel(store_pb2.TagModelRequest(source="ai/a", repo="ai/b"))
+
+    listed = {m.id: list(m.tags) for m in (await stub.ListModels(store_pb2.ListModelsRequest())).models}
+    assert listed == {a.id: ["docker.io/ai/a:latest", "docker.io/ai/b:latest"], b.id: []}
+    resolved = await stub.ResolveModel(store_pb2.ResolveModelRequest(name=b.id))
+    assert resolved.id == b.id and all(Path(p).exists() for p in resolved.gguf_paths)
+    assert (store.models_dir / "blobs" / "sha256" / digest_of(own)[7:]).exists()
+
+    gone = await stub.DeleteModel(store_pb2.DeleteModelRequest(name=b.id))
+    assert [(x.untagged, x.deleted) for x in gone.actions] == [("", b.id)]
+    assert not (store.models_dir / "blobs" / "sha256" / digest_of(own)[7:]).exists()
+
+
 async def test_delete_while_the_blob_is_mapped_keeps_the_reader_and_reclaims_space(stub, store, tiny_gguf):
     model = await package(stub, tiny_gguf, "ai/mapped")
     path = Path((await stub.ResolveModel(store_pb2.ResolveModelRequest(name="ai/mapped"))).gguf_paths[0])
