@@ -32,6 +32,9 @@ from modelrunner.runner.scheduler import Arrivals
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
+# A loaded engine is shared by every name of one model whose settings give the same load options: two
+# tags of a model share one copy, and a name configured otherwise gets an engine of its own.
+EngineKey = tuple[str, LoadOptions]
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Loaded:
     """A model in memory and what the lifecycle needs to know about it."""
 
     resolved: ResolvedModel
+    key: EngineKey
     engine: Engine
     memory: MemoryEstimate
     keep_alive: float | None  # seconds; None: forever
@@ -101,9 +105,9 @@ class ModelManager:
         self.settings = settings
         self.config = config
         self.clock = clock
-        self._loaded: dict[str, Loaded] = {}
+        self._loaded: dict[EngineKey, Loaded] = {}
         self._loading: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[EngineKey, asyncio.Lock] = {}
         self._room = asyncio.Lock()  # one eviction-and-load decision at a time
         self.arrivals = Arrivals()  # requests resolving their model's name, for every model
         self.metrics = metrics_factory(self._snapshot) if metrics_factory else None
@@ -149,10 +153,9 @@ class ModelManager:
             return entry
 
     async def _get(self, name: str) -> Loaded:
-        # Loaded models are keyed by model id, so two tags of one model share one copy in memory.
         with self.arrivals.arriving():  # an idle scheduler waits for a burst's requests still resolving
             resolved = await self.resolver.resolve(name)
-        key = resolved.model_id
+        key = (resolved.model_id, self.settings.get(resolved.reference).load_options(self.config.defaults))
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._loaded.get(key)
@@ -162,7 +165,7 @@ class ModelManager:
                 await self._unload_when_idle(entry)
             self._loading.add(resolved.reference)
             try:
-                return await self._load(resolved)
+                return await self._load(resolved, key)
             finally:
                 self._loading.discard(resolved.reference)
 
@@ -171,11 +174,11 @@ class ModelManager:
             await self._unload(entry)
         else:
             entry.stale = True
-            self._loaded.pop(entry.resolved.model_id, None)
+            self._loaded.pop(entry.key, None)
 
-    async def _load(self, resolved: ResolvedModel) -> Loaded:
+    async def _load(self, resolved: ResolvedModel, key: EngineKey) -> Loaded:
         user = self.settings.get(resolved.reference)
-        options = user.load_options(self.config.defaults)
+        options = key[1]
         keep_text = user.keep_alive or self.config.keep_alive
         keep_alive = self._keep_alive(keep_text)
         try:
@@ -189,13 +192,14 @@ class ModelManager:
             engine = await self.launcher.start(spec, metrics=self.metrics, arrivals=self.arrivals, on_exit=self._forget)
             entry = Loaded(
                 resolved=resolved,
+                key=key,
                 engine=engine,
                 memory=memory,
                 keep_alive=keep_alive,
                 keep_alive_text=keep_text,
                 last_used=self.clock(),
             )
-            self._loaded[resolved.model_id] = entry
+            self._loaded[key] = entry
         facts = engine.model.facts
         log.info(
             "model loaded",
@@ -250,8 +254,8 @@ class ModelManager:
 
     # unloading ----------------------------------------------------------------------------------
     async def _unload(self, entry: Loaded) -> None:
-        if self._loaded.get(entry.resolved.model_id) is entry:
-            del self._loaded[entry.resolved.model_id]
+        if self._loaded.get(entry.key) is entry:
+            del self._loaded[entry.key]
         await entry.engine.close()
         log.info("model unloaded", extra={"fields": {"model": entry.name}})
 

@@ -80,6 +80,21 @@ async def test_two_tags_of_one_model_share_one_loaded_copy(files, tmp_path):
     await manager.close()
 
 
+async def test_a_tag_configured_otherwise_gets_its_own_engine_whatever_loaded_first(files, tmp_path):
+    manager = ModelManager(
+        LlamaCppBackend(), TwoTagResolver(files), SettingsStore(tmp_path / "state"), ManagerConfig(defaults=DEFAULTS),
+        clock=FakeClock(),
+    )
+    first = await manager.load("gemma3")
+    manager.settings.put("docker.io/ai/small:latest", ModelConfig(context_size=512))
+    manager.mark_stale("docker.io/ai/small:latest")
+    small = await manager.load("small")
+    assert small is not first and small.model.facts.context_size == 512
+    assert await manager.load("gemma3") is first and first.model.facts.context_size == 256
+    assert await manager.load("other") is first  # a name with no settings of its own shares the default copy
+    await manager.close()
+
+
 async def test_lru_eviction_never_takes_a_model_in_use(files, tmp_path):
     clock = FakeClock()
     manager = make_manager(files, tmp_path, clock, max_loaded=2)
