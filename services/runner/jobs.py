@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from modelrunner.common.errors import ServiceError
+from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.runner.chat import TemplateError
 from modelrunner.runner.sampling_params import sampling_options
-from modelrunner.runner.scheduler import Job
+from modelrunner.runner.scheduler import Job, prompt_too_long
 from modelrunner.runner.truncation import TooLong, fit_chat, fit_prompt, prompt_budget
 from modelrunner.runner.validation import check_logit_bias_tokens, field_error
 from modelrunner.v1 import runner_pb2
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from modelrunner.runner.manager import Loaded
 
 BASE_MODEL_CHAT_MAX_TOKENS = 256
+# Tokens beyond the budget in a cut raw prompt's tail: its first ones, split where the cut fell, are dropped.
+_SLACK = 16
 
 
 def messages_of(chat: runner_pb2.Chat) -> list[dict]:
@@ -65,23 +67,45 @@ def _tokens(entry: Loaded, text: str) -> list[int]:
     return entry.model.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
 
 
-def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens: int) -> list[int]:
-    """The prompt's tokens; with `truncate`, cut to leave room for the answer when they do not."""
-    tokens = _tokens(entry, prompt_text(request, entry))
+def _fewest(entry: Loaded, text: str) -> int:
+    return entry.model.fewest_tokens(len(text.encode("utf-8", errors="surrogatepass")))
+
+
+def _tail(entry: Loaded, text: str, tokens: int) -> str:
+    """A suffix of `text` with at least `tokens` tokens by the vocabulary's bound (all of it without
+    one), so that cutting a huge raw prompt does not tokenize all of it."""
+    data = text.encode("utf-8", errors="surrogatepass")
+    size = max(tokens, 1)
+    while size < len(data) and entry.model.fewest_tokens(size) < tokens:
+        size *= 2
+    return data[-size:].decode("utf-8", errors="ignore")
+
+
+def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens: int, *, fit: bool = True) -> list[int]:
+    """The prompt's tokens; with `truncate`, cut to leave room for the answer when they do not fit.
+    A text whose bytes alone show it cannot fit is not tokenized whole (unless not `fit`: counted)."""
+    text = prompt_text(request, entry)
     context = entry.model.facts.context_size
     budget = prompt_budget(context, max_tokens)
-    if not request.truncate or len(tokens) <= budget:
+    least = _fewest(entry, text)
+    if not request.truncate:
+        if least >= context and fit:
+            raise invalid(prompt_too_long(f"at least {least}", context, entry.name))
+        return _tokens(entry, text)
+    if least <= budget and len(tokens := _tokens(entry, text)) <= budget:
         return tokens
     chat = request.WhichOneof("input") == "chat"
     try:
         if chat:
             return fit_chat(messages_of(request.chat), lambda m: _render(entry, m, request.chat.tools_json),
-                            lambda text: _tokens(entry, text), budget)
-        return fit_prompt(tokens, entry.model.tokenize("", add_special=True, parse_special=False), budget)
+                            lambda t: _tokens(entry, t), budget, lambda t: _fewest(entry, t))
+        start = entry.model.tokenize("", add_special=True, parse_special=False)
+        tail = entry.model.tokenize(_tail(entry, text, budget + _SLACK), add_special=False, parse_special=True)
+        return fit_prompt(start + tail, start, budget)
     except TooLong as exc:
         least = "the system messages and the last message come" if chat else "the prompt comes"
         raise field_error("chat.messages" if chat else "prompt", (
-            f"{least} to {exc.tokens} tokens, but the context of {context} tokens leaves {budget} for the "
+            f"{least} to {exc}, but the context of {context} tokens leaves {budget} for the "
             f"prompt beside the room for the answer: shorten it, or configure a larger context size "
             f"(`modelrunner configure {entry.name} --context-size N`, or POST /engines/_configure with "
             f'{{"model": "{entry.name}", "context-size": N}})'
@@ -99,15 +123,16 @@ def default_max_tokens(request: runner_pb2.GenerateRequest, entry: Loaded) -> in
     return BASE_MODEL_CHAT_MAX_TOKENS if builtin and request.WhichOneof("input") == "chat" else 0
 
 
-def build_job(request: runner_pb2.GenerateRequest, entry: Loaded) -> Job:
+def build_job(request: runner_pb2.GenerateRequest, entry: Loaded, *, fit: bool = True) -> Job:
     """The job without its grammar (grammars.py compiles that last, so that nothing can fail after
-    it). A max_tokens past the context needs no clamp: a sequence also ends when the context is full."""
+    it). A max_tokens past the context needs no clamp: a sequence also ends when the context is full.
+    Not `fit`: a prompt past the context is kept, to be counted (the Tokenize RPC)."""
     model = entry.model
     if model.facts.reranker:  # llama.cpp's server refuses too; an encoder-only one would abort the engine
         raise field_error("model", f"{entry.name} is a reranker: it scores pairs (POST /rerank) and cannot generate")
     check_logit_bias_tokens(request.sampling, model.facts.vocab_size)
     max_tokens = request.sampling.max_tokens or default_max_tokens(request, entry)
-    prompt = prompt_tokens(request, entry, max_tokens)
+    prompt = prompt_tokens(request, entry, max_tokens, fit=fit)
     banned = model.facts.stop_tokens | entry.stop_tokens if request.sampling.ignore_eos else frozenset()
     options = sampling_options(
         request.sampling,

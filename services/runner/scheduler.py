@@ -30,6 +30,15 @@ from modelrunner.runner.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
+
+def prompt_too_long(tokens: str, context: int, name: str) -> str:
+    """The refusal of a prompt of `tokens` tokens (a count, or "at least N") that the context cannot hold."""
+    return (
+        f"the prompt has {tokens} tokens but the context holds {context} tokens: shorten the prompt or "
+        f"configure a larger context size (`modelrunner configure {name} --context-size N`, or POST "
+        "/engines/_configure)"
+    )
+
 # How long the first request after idle may wait for the others of its burst, and how long a burst
 # may pause between two requests before it is taken as complete (see Scheduler._gather).
 GATHER_SECONDS = 0.02
@@ -304,11 +313,7 @@ class Scheduler:
             if not job.prompt:
                 raise ValueError("the prompt is empty")
             if len(job.prompt) >= self.context_size:
-                raise ValueError(
-                    f"the prompt has {len(job.prompt)} tokens but the context holds {self.context_size} "
-                    f"tokens: shorten the prompt or configure a larger context size (`modelrunner configure "
-                    f"{self.name} --context-size N`, or POST /engines/_configure)"
-                )
+                raise ValueError(prompt_too_long(str(len(job.prompt)), self.context_size, self.name))
             stream = Stream(self, asyncio.get_running_loop())
             stop_tokens = job.stop_tokens if job.ignore_eos else job.stop_tokens | self.model.facts.stop_tokens
             seq = _Sequence(stream, job, stop_tokens, self.model.facts.vocab_size)

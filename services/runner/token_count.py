@@ -29,5 +29,5 @@ async def tokenize(manager: ModelManager, request: runner_pb2.TokenizeRequest) -
     generate = as_generate(request)
     check_generate(generate)
     async with manager.acquire(request.model, request.keep_alive) as entry:
-        job = await asyncio.to_thread(build_job, generate, entry)  # off the loop, as in Generate
+        job = await asyncio.to_thread(build_job, generate, entry, fit=False)  # off the loop, as in Generate
         return runner_pb2.TokenizeResponse(count=len(job.prompt), model=entry.name)

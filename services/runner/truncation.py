@@ -19,14 +19,17 @@ from collections.abc import Callable, Sequence
 
 Render = Callable[[list[dict]], str]
 Tokenize = Callable[[str], list[int]]
+Fewest = Callable[[str], int]  # a lower bound on a text's tokens, to skip tokenizing what cannot fit
 
 
 class TooLong(ValueError):
-    """Even the least that may be kept does not fit: it has `tokens` tokens."""
+    """Even the least that may be kept does not fit: it has `tokens` tokens (at least that many when
+    `at_least`: it was too long to be worth tokenizing)."""
 
-    def __init__(self, tokens: int) -> None:
-        super().__init__(f"{tokens} tokens")
+    def __init__(self, tokens: int, *, at_least: bool = False) -> None:
+        super().__init__(f"{'at least ' if at_least else ''}{tokens} tokens")
         self.tokens = tokens
+        self.at_least = at_least
 
 
 def prompt_budget(context_size: int, max_tokens: int) -> int:
@@ -35,20 +38,31 @@ def prompt_budget(context_size: int, max_tokens: int) -> int:
     return context_size - max(room, 1)
 
 
-def fit_chat(messages: list[dict], render: Render, tokenize: Tokenize, budget: int) -> list[int]:
+def fit_chat(
+    messages: list[dict], render: Render, tokenize: Tokenize, budget: int, fewest: Fewest = lambda _text: 0
+) -> list[int]:
     """The tokens of the longest chat that fits `budget`."""
+
+    def fitting(start: int) -> list[int] | TooLong:
+        text = render(_kept(messages, start))
+        least = fewest(text)
+        if least > budget:
+            return TooLong(least, at_least=True)
+        tokens = tokenize(text)
+        return tokens if len(tokens) <= budget else TooLong(len(tokens))
+
     starts = _starts(messages)
     lo, hi = 0, len(starts) - 1  # starts[hi] is the least chat; find the first start whose chat fits
-    tokens = tokenize(render(_kept(messages, starts[hi])))
-    if len(tokens) > budget:
-        raise TooLong(len(tokens))
+    tokens = fitting(starts[hi])
+    if isinstance(tokens, TooLong):
+        raise tokens
     while lo < hi:
         mid = (lo + hi) // 2
-        candidate = tokenize(render(_kept(messages, starts[mid])))
-        if len(candidate) <= budget:
-            hi, tokens = mid, candidate
-        else:
+        candidate = fitting(starts[mid])
+        if isinstance(candidate, TooLong):
             lo = mid + 1
+        else:
+            hi, tokens = mid, candidate
     return tokens
 
 

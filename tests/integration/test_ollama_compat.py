@@ -202,6 +202,28 @@ def test_a_chat_that_cannot_be_cut_to_fit_says_how_to_enlarge_the_context(ollama
             assert answered.status_code == 400 and "context holds 512" in answered.text, (path, answered.text)
 
 
+MEGABYTES = "a" * 3_000_000  # the tiny vocabulary tokenizes this in quadratic time: minutes, uncancellable
+
+
+def test_megabytes_past_the_context_are_refused_or_cut_without_tokenizing_them_whole(ollama_client, stack):
+    """No token covers more bytes than the vocabulary's longest text, so 3 MB cannot fit 512 tokens:
+    refused at once (at least N tokens), and a cut keeps only what can fit before tokenizing."""
+    with httpx.Client(base_url=stack.url, timeout=120) as http:
+        refused = http.post("/v1/chat/completions", json={"model": "ai/tiny", "max_tokens": 2,
+                                                          "messages": [{"role": "user", "content": MEGABYTES}]})
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["code"] == "context_length_exceeded", refused.text
+        assert error["param"] == "messages" and "has at least " in error["message"]
+        counted = http.post("/v1/messages/count_tokens", json={"model": "ai/tiny", "messages": _conversation(60)[1:]})
+        assert counted.status_code == 200 and counted.json()["input_tokens"] > 512  # counting is not refusing
+    half = MEGABYTES[: len(MEGABYTES) // 2]  # the messages together may hold 4 MiB
+    history = [{"role": "user", "content": half}, {"role": "assistant", "content": half}]
+    reply = ollama_client.chat(model="tiny", messages=[*history, *HI], options={**SHORT, "num_predict": 40})
+    assert reply.done and reply.prompt_eval_count == _count(stack, HI)
+    cut = ollama_client.generate(model="tiny", prompt=MEGABYTES, raw=True, options={**SHORT, "num_predict": 12})
+    assert cut.done and cut.prompt_eval_count == 512 - 12
+
+
 def test_top_logprobs_carry_their_bytes(stack):
     """As Ollama's TopLogprob does: each alternative's own bytes, also for part of a UTF-8 character."""
     body = {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,

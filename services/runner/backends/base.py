@@ -81,6 +81,12 @@ class LoadedModel(ABC):
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
     @abstractmethod
+    def fewest_tokens(self, n_bytes: int) -> int:
+        """A lower bound on the tokens of any text of `n_bytes` bytes (0 where none is known), so that
+        a text that cannot fit the context is refused before tokenizing it: seconds of CPU for
+        megabytes, which nothing can cancel."""
+
+    @abstractmethod
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as empty)."""
 

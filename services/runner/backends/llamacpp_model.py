@@ -129,6 +129,7 @@ class LlamaCppModel(LoadedModel):
         self._n_out = 0
         self._step_logits = np.empty((0, self._n_vocab), dtype=np.float32)
         self._pieces: dict[int, bytes] = {}
+        self._longest_text: int | None = None
         self._pool_ctx: dict[bool, object] = {}  # rank pooling? -> context
         self._embed_lock = threading.Lock()
         arch = _meta(model, "general.architecture") or ""
@@ -179,6 +180,29 @@ class LlamaCppModel(LoadedModel):
             buf = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
         return list(buf[:n])
+
+    def fewest_tokens(self, n_bytes: int) -> int:
+        """SPM and BPE vocabularies keep every byte of a text in some token, whose stored text is at
+        least as long as what it covers (SPM stores a space as the 3 bytes of U+2581, byte-level BPE
+        each byte as a character of 1 or 2 bytes; a character the vocabulary lacks is one token of at
+        most 4 bytes), so a text has at least n_bytes / (the longest stored text) tokens. WordPiece and
+        Unigram drop or normalise whitespace, and a special token that strips the whitespace beside it
+        can swallow any run of it: no bound then."""
+        if self._longest_text is None:  # read once, on first need: 262k texts take a fraction of a second
+            self._longest_text = self._measure_longest_text()
+        return -(-n_bytes // self._longest_text) if self._longest_text else 0
+
+    def _measure_longest_text(self) -> int:
+        vocab = self._vocab
+        if llama_cpp.llama_vocab_type(vocab) not in (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE):
+            return 0
+        strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+        longest = 4
+        for token in range(self._n_vocab):
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & strips:
+                return 0
+            longest = max(longest, len(llama_cpp.llama_vocab_get_text(vocab, token) or b""))
+        return longest
 
     def piece(self, token: int) -> bytes:
         cached = self._pieces.get(token)
