@@ -108,6 +108,9 @@ def _base_request(body: GeneratingFields, model: ModelName) -> runner_pb2.Genera
         top_logprobs=body.top_logprobs,
         keep_alive=body.keep_alive or "",
         truncate=body.truncate,  # Ollama's default: an over-long chat loses its oldest messages
+        # As Ollama loads the model again with the client's num_ctx; here an engine of that context runs
+        # beside the configured one.
+        context_size=(body.options.num_ctx or 0) if body.options else 0,
     )
     fmt = _response_format(body.format)
     if fmt is not None:

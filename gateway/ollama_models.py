@@ -105,8 +105,9 @@ class _Named(_Request):
 
 
 class Options(_Body):
-    """The `options` the Runner applies per request; Ollama's other options (num_gpu, num_thread,
-    mirostat, ...) are ignored here as Ollama ignores unknown ones."""
+    """The `options` the Runner applies per request (num_ctx: per engine, as Ollama loads the model with
+    it); Ollama's other options (num_gpu, num_thread, mirostat, ...) are ignored here as Ollama ignores
+    unknown ones."""
 
     num_predict: int | None = Field(default=None, ge=-2, le=INT32_MAX, description="-1: no limit, -2: fill the context")
     temperature: float | None = Field(default=None, ge=0, le=100)
@@ -116,7 +117,8 @@ class Options(_Body):
     seed: int | None = Field(default=None, ge=-1, le=INT64_MAX)
     stop: list[str] | None = Field(default=None, description=f"up to {MAX_STOP} strings")
     num_ctx: int | None = Field(default=None, ge=1, le=INT32_MAX,
-                                description="accepted; the context size is the model's setting (`/engines/_configure`)")
+                                description="the context size to run the model with (its own engine); absent: "
+                                            "the model's setting (`/engines/_configure`)")
     repeat_penalty: float | None = Field(default=None, gt=0, le=10, description="(0, 10], the Runner's range; 1: off")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)

@@ -113,11 +113,13 @@ async def _call(request: Request, service: Service, method: str, message, model:
         raise _upstream(error, model) from None
 
 
-async def _load(request: Request, model: ModelName, keep_alive: str | None, timings: Timings) -> None:
-    """Loads the model now (a no-op when it is loaded), so that its load time is measured.
-    A keep_alive of 0 is left to the request itself: it unloads the model after answering."""
+async def _load(request: Request, model: ModelName, keep_alive: str | None, timings: Timings,
+                context_size: int = 0) -> None:
+    """Loads the model now (a no-op when it is loaded), so that its load time is measured; with a
+    context size (num_ctx), the engine of that context. A keep_alive of 0 is left to the request
+    itself: it unloads the model after answering."""
     keep = keep_alive if keep_alive and keep_alive != "0" else ""
-    message = runner_pb2.LoadModelRequest(model=model.qualified, keep_alive=keep)
+    message = runner_pb2.LoadModelRequest(model=model.qualified, keep_alive=keep, context_size=context_size)
     await _call(request, _backends(request).runner, "LoadModel", message, model, long=True)
     timings.loaded = timings.mark()
 
@@ -145,7 +147,7 @@ async def _chain(first, rest: AsyncIterator) -> AsyncIterator:
 async def _generate(request: Request, body: ChatRequest | GenerateRequest, model: ModelName,
                     grpc_request: runner_pb2.GenerateRequest, chat: bool) -> Response:
     timings = Timings()
-    await _load(request, model, body.keep_alive, timings)
+    await _load(request, model, body.keep_alive, timings, grpc_request.context_size)
     stream = _backends(request).runner.stream("Generate", grpc_request)
     try:
         first, rest = await cancel_on_disconnect(request, peek(stream))

@@ -121,7 +121,7 @@ class OneModel:
         self.backend = backend
 
     @contextlib.asynccontextmanager
-    async def acquire(self, name: str, keep_alive: str = "") -> AsyncIterator[Loaded]:
+    async def acquire(self, name: str, keep_alive: str = "", context_size: int = 0) -> AsyncIterator[Loaded]:
         yield self.entry
 
 

@@ -19,6 +19,7 @@ from modelrunner.common.errors import invalid
 from modelrunner.runner.engine_pipe import SERVICE, per_model_methods
 from modelrunner.runner.manager import ModelManager
 from modelrunner.runner.service import RunnerService
+from modelrunner.runner.validation import check_context_size
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 
@@ -57,24 +58,26 @@ def _forwarder(manager: ModelManager, method: MethodDescriptor) -> grpc.RpcMetho
     name = method.name
     parse = message_factory.GetMessageClass(method.input_type).FromString
 
-    def target(request: bytes) -> tuple[str, str]:
+    def target(request: bytes) -> tuple[str, str, int]:
         message = parse(request)
         if not message.model:
             raise invalid("model is required")
-        return message.model, getattr(message, "keep_alive", "")
+        context_size = getattr(message, "context_size", 0)
+        check_context_size(context_size)
+        return message.model, getattr(message, "keep_alive", ""), context_size
 
     if method.server_streaming:
         async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            model, keep_alive = target(request)
-            async with manager.acquire(model, keep_alive) as entry:
+            model, keep_alive, context_size = target(request)
+            async with manager.acquire(model, keep_alive, context_size) as entry:
                 async for chunk in entry.engine.stream(name, request):
                     yield chunk
 
         return grpc.unary_stream_rpc_method_handler(stream)
 
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        model, keep_alive = target(request)
-        async with manager.acquire(model, keep_alive) as entry:
+        model, keep_alive, context_size = target(request)
+        async with manager.acquire(model, keep_alive, context_size) as entry:
             return await entry.engine.unary(name, request)
 
     return grpc.unary_unary_rpc_method_handler(unary)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -133,10 +133,11 @@ class ModelManager:
 
     # leases -------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def acquire(self, name: str, keep_alive: str = "") -> AsyncIterator[Loaded]:
-        """The loaded model for `name` (loading it if needed), held for the duration of the block."""
+    async def acquire(self, name: str, keep_alive: str = "", context_size: int = 0) -> AsyncIterator[Loaded]:
+        """The loaded model for `name` (loading it if needed), held for the duration of the block; with
+        a `context_size`, the one loaded with that context (a request's own, Ollama's num_ctx)."""
         keep = self._keep_alive(keep_alive) if keep_alive else None
-        entry = await self._get(name)
+        entry = await self._get(name, context_size)
         entry.leases += 1
         if keep_alive:
             entry.keep_alive, entry.keep_alive_text = keep, keep_alive
@@ -148,14 +149,15 @@ class ModelManager:
             if entry.leases == 0 and (entry.keep_alive == 0 or entry.stale):
                 await self._unload(entry)
 
-    async def load(self, name: str, keep_alive: str = "") -> Loaded:
-        async with self.acquire(name, keep_alive) as entry:
+    async def load(self, name: str, keep_alive: str = "", context_size: int = 0) -> Loaded:
+        async with self.acquire(name, keep_alive, context_size) as entry:
             return entry
 
-    async def _get(self, name: str) -> Loaded:
+    async def _get(self, name: str, context_size: int = 0) -> Loaded:
         with self.arrivals.arriving():  # an idle scheduler waits for a burst's requests still resolving
             resolved = await self.resolver.resolve(name)
-        key = (resolved.model_id, self.settings.get(resolved.reference).load_options(self.config.defaults))
+        options = self.settings.get(resolved.reference).load_options(self.config.defaults)
+        key = (resolved.model_id, replace(options, context_size=context_size) if context_size else options)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._loaded.get(key)

@@ -24,7 +24,9 @@ from modelrunner.runner.logprobs import logprobs_message
 from modelrunner.runner.manager import Loaded, ModelManager
 from modelrunner.runner.model_settings import ModelConfig
 from modelrunner.runner.scheduler import GenerationError, QueueFull
-from modelrunner.runner.validation import check_embed, check_generate, check_load_options, check_model, field_error
+from modelrunner.runner.validation import (
+    check_context_size, check_embed, check_generate, check_load_options, check_model, field_error,
+)
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
 
 
@@ -36,7 +38,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self, request: runner_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runner_pb2.GenerateChunk]:
         check_generate(request)
-        async with self.manager.acquire(request.model, request.keep_alive) as entry:
+        async with self.manager.acquire(request.model, request.keep_alive, request.context_size) as entry:
             # Rendering and tokenizing a prompt of megabytes takes seconds: off the loop that streams
             # every other request's tokens.
             job = await asyncio.to_thread(build_job, request, entry)
@@ -114,7 +116,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def LoadModel(self, request: runner_pb2.LoadModelRequest, context) -> runner_pb2.RunnerInfo:
         check_model(request.model, request.keep_alive)
-        entry = await self.manager.load(request.model, request.keep_alive)
+        check_context_size(request.context_size)
+        entry = await self.manager.load(request.model, request.keep_alive, request.context_size)
         return self._info(entry)
 
     async def UnloadModels(self, request: runner_pb2.UnloadModelsRequest, context) -> runner_pb2.UnloadModelsResponse:

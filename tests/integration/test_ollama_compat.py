@@ -202,6 +202,26 @@ def test_a_chat_that_cannot_be_cut_to_fit_says_how_to_enlarge_the_context(ollama
             assert answered.status_code == 400 and "context holds 512" in answered.text, (path, answered.text)
 
 
+def test_num_ctx_runs_the_model_with_that_context_beside_the_configured_one(ollama_client, stack):
+    """Ollama loads the model again with a client's num_ctx (Open WebUI and Continue send it); here an
+    engine of that context runs beside the configured one (512), and each request gets its own."""
+    messages = _conversation(60)
+    small = ollama_client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40, "num_ctx": 256})
+    assert small.done and small.prompt_eval_count <= 256 - 40
+    configured = ollama_client.chat(model="tiny", messages=messages, options={**SHORT, "num_predict": 40})
+    assert small.prompt_eval_count < configured.prompt_eval_count <= 512 - 40
+    contexts = sorted(m.context_length for m in ollama_client.ps().models if "tiny" in m.model)
+    assert contexts == [256, 512]
+    for bad in (0, -1):
+        with pytest.raises(ollama.ResponseError) as err:
+            ollama_client.chat(model="tiny", messages=HI, options={**SHORT, "num_ctx": bad})
+        assert err.value.status_code == 400 and "num_ctx" in err.value.error
+    ollama_client.generate(model="tiny", prompt="", keep_alive=0)  # `ollama stop`: unloads both
+    assert not [m for m in ollama_client.ps().models if "tiny" in m.model]
+    ollama_client.chat(model="tiny", messages=HI, options={**SHORT, "num_ctx": 256})
+    assert [m.context_length for m in ollama_client.ps().models if "tiny" in m.model] == [256]  # that one alone
+
+
 MEGABYTES = "a" * 3_000_000  # the tiny vocabulary tokenizes this in quadratic time: minutes, uncancellable
 
 

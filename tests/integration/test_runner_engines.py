@@ -290,6 +290,18 @@ async def test_unary_calls_and_the_engines_own_errors_cross_unchanged(router):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model" in err.value.details()
 
 
+async def test_a_requests_own_context_size_is_checked_before_any_engine_starts(router):
+    stub, manager, _ = router
+    request = generate("a", 1)
+    request.context_size = -5
+    for call in (lambda: stub.LoadModel(runner_pb2.LoadModelRequest(model="a", context_size=-1)),
+                 lambda: anext(aiter(stub.Generate(request)))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "context_size" in err.value.details()
+    assert manager.loaded() == []
+
+
 def scrape(runner, metrics_url: str) -> dict:
     """{(name, model label or None for the replica's series): value} after the Runner brought its engines' load up to date, and the
     families' types and help text under ("type", name) and ("help", name)."""

@@ -87,7 +87,7 @@ class ResponseFormat(_message.Message):
     def __init__(self, type: _Optional[str] = ..., json_schema: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "chat", "prompt", "sampling", "response_format", "logprobs", "top_logprobs", "keep_alive", "truncate")
+    __slots__ = ("model", "chat", "prompt", "sampling", "response_format", "logprobs", "top_logprobs", "keep_alive", "truncate", "context_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class GenerateRequest(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     chat: Chat
     prompt: str
@@ -106,7 +107,8 @@ class GenerateRequest(_message.Message):
     top_logprobs: int
     keep_alive: str
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., chat: _Optional[_Union[Chat, _Mapping]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., keep_alive: _Optional[str] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    context_size: int
+    def __init__(self, model: _Optional[str] = ..., chat: _Optional[_Union[Chat, _Mapping]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., keep_alive: _Optional[str] = ..., truncate: _Optional[bool] = ..., context_size: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "prompt_eval_ns", "eval_ns")
@@ -243,12 +245,14 @@ class TokenizeResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model", "keep_alive")
+    __slots__ = ("model", "keep_alive", "context_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     keep_alive: str
-    def __init__(self, model: _Optional[str] = ..., keep_alive: _Optional[str] = ...) -> None: ...
+    context_size: int
+    def __init__(self, model: _Optional[str] = ..., keep_alive: _Optional[str] = ..., context_size: _Optional[int] = ...) -> None: ...
 
 class RunnerInfo(_message.Message):
     __slots__ = ("backend_name", "model_name", "mode", "last_used", "in_use", "loading", "keep_alive", "model_id", "memory_bytes", "slots", "slots_busy", "queued", "expires_at", "context_size", "gpu_layers")
