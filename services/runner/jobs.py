@@ -18,11 +18,12 @@ from modelrunner.runner.validation import check_logit_bias_tokens, field_error
 from modelrunner.v1 import runner_pb2
 
 if TYPE_CHECKING:
+    from modelrunner.runner.backends.base import LoadedModel
     from modelrunner.runner.manager import Loaded
 
 BASE_MODEL_CHAT_MAX_TOKENS = 256
-# Tokens beyond the budget in a cut raw prompt's tail: its first ones, split where the cut fell, are dropped.
-_SLACK = 16
+# Tokens beyond the budget in a text cut by bytes: those where the cut fell are dropped.
+CUT_SLACK = 16
 
 
 def messages_of(chat: runner_pb2.Chat) -> list[dict]:
@@ -71,14 +72,15 @@ def _fewest(entry: Loaded, text: str) -> int:
     return entry.model.fewest_tokens(len(text.encode("utf-8", errors="surrogatepass")))
 
 
-def _tail(entry: Loaded, text: str, tokens: int) -> str:
-    """A suffix of `text` with at least `tokens` tokens by the vocabulary's bound (all of it without
-    one), so that cutting a huge raw prompt does not tokenize all of it."""
+def part_with_tokens(model: LoadedModel, text: str, tokens: int, *, end: bool) -> str:
+    """The end (or the start) of `text` with at least `tokens` tokens by the vocabulary's bound (all of
+    it without one), so that cutting a huge text to a context does not tokenize all of it. Pass a few
+    tokens more than needed: the cut may split what the whole text would tokenize as one."""
     data = text.encode("utf-8", errors="surrogatepass")
     size = max(tokens, 1)
-    while size < len(data) and entry.model.fewest_tokens(size) < tokens:
+    while size < len(data) and model.fewest_tokens(size) < tokens:
         size *= 2
-    return data[-size:].decode("utf-8", errors="ignore")
+    return (data[-size:] if end else data[:size]).decode("utf-8", errors="ignore")
 
 
 def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens: int, *, fit: bool = True) -> list[int]:
@@ -100,7 +102,8 @@ def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens
             return fit_chat(messages_of(request.chat), lambda m: _render(entry, m, request.chat.tools_json),
                             lambda t: _tokens(entry, t), budget, lambda t: _fewest(entry, t))
         start = entry.model.tokenize("", add_special=True, parse_special=False)
-        tail = entry.model.tokenize(_tail(entry, text, budget + _SLACK), add_special=False, parse_special=True)
+        tail = entry.model.tokenize(part_with_tokens(entry.model, text, budget + CUT_SLACK, end=True),
+                                    add_special=False, parse_special=True)
         return fit_prompt(start + tail, start, budget)
     except TooLong as exc:
         least = "the system messages and the last message come" if chat else "the prompt comes"

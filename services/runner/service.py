@@ -16,10 +16,10 @@ import grpc
 from modelrunner.common.errors import ServiceError, invalid
 from modelrunner.common.names import parse_reference
 from modelrunner.runner import rerank, token_count
-from modelrunner.runner.backends.base import InputTooLong
+from modelrunner.runner.backends.base import InputTooLong, LoadedModel
 from modelrunner.runner.grammars import grammar_for
 from modelrunner.runner.held_answer import AnswerRelay, tools_offered
-from modelrunner.runner.jobs import build_job
+from modelrunner.runner.jobs import CUT_SLACK, build_job, part_with_tokens
 from modelrunner.runner.logprobs import logprobs_message
 from modelrunner.runner.manager import Loaded, ModelManager
 from modelrunner.runner.model_settings import ModelConfig
@@ -28,6 +28,19 @@ from modelrunner.runner.validation import (
     check_context_size, check_embed, check_generate, check_load_options, check_model, field_error,
 )
 from modelrunner.v1 import runner_pb2, runner_pb2_grpc
+
+
+def _embed_tokens(model: LoadedModel, index: int, text: str, truncate: bool) -> list[int]:
+    """An embedding input's tokens; one whose bytes alone show it cannot fit the context is refused,
+    or with `truncate` cut to its start, before it is tokenized whole."""
+    context = model.facts.context_size
+    least = model.fewest_tokens(len(text.encode("utf-8", errors="surrogatepass")))
+    if least > context:
+        if not truncate:
+            raise field_error(f"inputs[{index}]", f"has at least {least} tokens, past the context of {context} "
+                                                  "tokens: shorten it, or send truncate")
+        text = part_with_tokens(model, text, context + CUT_SLACK, end=False)
+    return model.tokenize(text, add_special=True, parse_special=False)
 
 
 class RunnerService(runner_pb2_grpc.RunnerServicer):
@@ -86,7 +99,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         async with self.manager.acquire(request.model, request.keep_alive) as entry:
             model = entry.model
             tokens = await asyncio.to_thread(
-                lambda: [model.tokenize(t, add_special=True, parse_special=False) for t in request.inputs]
+                lambda: [_embed_tokens(model, i, t, request.truncate) for i, t in enumerate(request.inputs)]
             )
             for i, t in enumerate(tokens):
                 if not t:

@@ -116,6 +116,17 @@ def test_embed_truncates_an_input_longer_than_the_context_unless_told_not_to(oll
     assert err.value.status_code == 400 and "inputs[1]" in str(err.value)
 
 
+def test_megabytes_to_embed_are_cut_or_refused_without_tokenizing_them_whole(ollama_client):
+    """3 MB cannot fit 512 tokens by the vocabulary's bound: cut by bytes to a start that still holds
+    more than the context (the same embedding as the token cut of a shorter text), or refused at once."""
+    huge, long_text = "hello world " * 250_000, "hello world " * 2000
+    cut, reference = ollama_client.embed(model="tiny", input=[huge, long_text]).embeddings
+    assert cut == pytest.approx(reference, abs=1e-5)
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama_client.embed(model="tiny", input=["hello", huge], truncate=False)
+    assert err.value.status_code == 400 and "inputs[1]" in str(err.value) and "at least" in str(err.value)
+
+
 def test_load_and_unload_by_keep_alive(ollama_client):
     assert ollama_client.generate(model="tiny", keep_alive=-1).done_reason == "load"
     assert any(m.model == "ai/tiny:latest" for m in ollama_client.ps().models)
