@@ -124,8 +124,10 @@ async def _load(request: Request, model: ModelName, keep_alive: str | None, timi
     timings.loaded = timings.mark()
 
 
-async def _lifecycle(request: Request, model: ModelName, keep_alive: str | None, chat: bool) -> JSONResponse:
-    """An empty chat or prompt: load the model, or with keep_alive 0 unload it (Ollama's convention)."""
+async def _lifecycle(request: Request, model: ModelName, keep_alive: str | None, context_size: int,
+                     chat: bool) -> JSONResponse:
+    """An empty chat or prompt: load the model (the engine of its num_ctx, if any), or with keep_alive 0
+    unload it, every engine of it (Ollama's convention)."""
     backends = _backends(request)
     if keep_alive == "0":
         await _call(request, backends.store, "GetModel", store_pb2.GetModelRequest(name=model.qualified), model,
@@ -133,7 +135,7 @@ async def _lifecycle(request: Request, model: ModelName, keep_alive: str | None,
         await _call(request, backends.runner, "UnloadModels",
                     runner_pb2.UnloadModelsRequest(models=[model.qualified]), model)
         return JSONResponse(convert.lifecycle_answer(model, chat, "unload"))
-    await _load(request, model, keep_alive, Timings())
+    await _load(request, model, keep_alive, Timings(), context_size)
     return JSONResponse(convert.lifecycle_answer(model, chat, "load"))
 
 
@@ -282,7 +284,7 @@ def build_router() -> APIRouter:
         model = convert.resolve(body.model)
         grpc_request = convert.chat_request(body, model)  # validates before anything loads
         if not body.messages:
-            return await _lifecycle(request, model, body.keep_alive, chat=True)
+            return await _lifecycle(request, model, body.keep_alive, grpc_request.context_size, chat=True)
         return await _generate(request, body, model, grpc_request, chat=True)
 
     @router.post("/generate", summary="Generate from a prompt (NDJSON stream unless stream is false)",
@@ -291,7 +293,7 @@ def build_router() -> APIRouter:
         model = convert.resolve(body.model)
         grpc_request = convert.generate_request(body, model)
         if not body.prompt:
-            return await _lifecycle(request, model, body.keep_alive, chat=False)
+            return await _lifecycle(request, model, body.keep_alive, grpc_request.context_size, chat=False)
         return await _generate(request, body, model, grpc_request, chat=False)
 
     @router.post("/embed", summary="Embeddings of one or more inputs")

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -106,7 +107,7 @@ class ModelManager:
         self.config = config
         self.clock = clock
         self._loaded: dict[EngineKey, Loaded] = {}
-        self._loading: set[str] = set()
+        self._loading: Counter[str] = Counter()  # names with a load in progress (one per engine)
         self._locks: dict[EngineKey, asyncio.Lock] = {}
         self._room = asyncio.Lock()  # one eviction-and-load decision at a time
         self.arrivals = Arrivals()  # requests resolving their model's name, for every model
@@ -117,18 +118,25 @@ class ModelManager:
         return list(self._loaded.values())
 
     def is_loading(self, reference: str) -> bool:
-        return reference in self._loading
+        return self._loading[reference] > 0
 
     async def refresh(self) -> None:
         """Brings every engine's load (busy slots, queue) up to date."""
         await asyncio.gather(*(e.engine.refresh() for e in self.loaded()))
 
     def _snapshot(self) -> RunnerLoad:
-        models = [
-            ModelLoad(e.name, e.scheduler.busy_slots, e.scheduler.queued, e.memory.total_bytes,
-                      e.scheduler.kv_cache_usage, e.memory.kv_cache_bytes)
-            for e in self.loaded()
-        ]
+        """Each name's load, summed over its engines (a name with num_ctx requests may have several)."""
+        by_name: dict[str, list[Loaded]] = {}
+        for e in self.loaded():
+            by_name.setdefault(e.name, []).append(e)
+        models = []
+        for name, entries in by_name.items():
+            kv_bytes = sum(e.memory.kv_cache_bytes for e in entries)
+            used = sum(e.scheduler.kv_cache_usage * e.memory.kv_cache_bytes for e in entries)
+            models.append(ModelLoad(
+                name, sum(e.scheduler.busy_slots for e in entries), sum(e.scheduler.queued for e in entries),
+                sum(e.memory.total_bytes for e in entries), used / kv_bytes if kv_bytes else 0.0, kv_bytes,
+            ))
         return RunnerLoad(models, sorted(self._loading), self.config.max_loaded)
 
     # leases -------------------------------------------------------------------------------------
@@ -157,7 +165,13 @@ class ModelManager:
         with self.arrivals.arriving():  # an idle scheduler waits for a burst's requests still resolving
             resolved = await self.resolver.resolve(name)
         options = self.settings.get(resolved.reference).load_options(self.config.defaults)
-        key = (resolved.model_id, replace(options, context_size=context_size) if context_size else options)
+        if context_size:
+            try:
+                options = await asyncio.to_thread(self.backend.request_options, list(resolved.gguf_paths), options,
+                                                  context_size)
+            except ValueError as exc:
+                raise load_error(resolved.reference, exc) from exc
+        key = (resolved.model_id, options)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._loaded.get(key)
@@ -165,11 +179,13 @@ class ModelManager:
                 return entry
             if entry is not None:  # its settings changed
                 await self._unload_when_idle(entry)
-            self._loading.add(resolved.reference)
+            self._loading[resolved.reference] += 1
             try:
                 return await self._load(resolved, key)
             finally:
-                self._loading.discard(resolved.reference)
+                self._loading[resolved.reference] -= 1
+                if not self._loading[resolved.reference]:
+                    del self._loading[resolved.reference]
 
     async def _unload_when_idle(self, entry: Loaded) -> None:
         if entry.leases == 0:
@@ -271,10 +287,13 @@ class ModelManager:
         return count
 
     def mark_stale(self, reference: str) -> None:
-        """Its settings changed: reload on next use (now if idle)."""
+        """Its settings changed: reload on next use (now if idle; one in use is set aside, to be unloaded
+        when its last request ends, so that it holds no place the new settings' engine needs)."""
         for entry in self.loaded():
             if entry.name == reference:
                 entry.stale = True
+                if entry.leases:
+                    self._loaded.pop(entry.key, None)
 
     async def expire_idle(self) -> list[str]:
         """Unloads idle models whose keep-alive has passed (and stale idle ones); returns their names."""

@@ -71,7 +71,7 @@ def fit_prompt(tokens: list[int], start: Sequence[int], budget: int) -> list[int
     keep = len(start) if tokens[: len(start)] == list(start) else 0
     if budget <= keep:
         raise TooLong(len(tokens))
-    return tokens[:keep] + tokens[len(tokens) - (budget - keep):]
+    return tokens[:keep] + tokens[max(keep, len(tokens) - (budget - keep)):]
 
 
 def _starts(messages: list[dict]) -> list[int]:

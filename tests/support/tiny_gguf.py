@@ -9,6 +9,7 @@ yes/no classifier head `cls.output`, a `rerank` prompt template), which llama.cp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,32 @@ def write_tiny_gguf(
     n_head: int = 4,
 ) -> Path:
     return _write(path, "llama", "tiny-llama", seed, chat_template, context_length, n_embd, n_layers, n_head)
+
+
+def write_tiny_bpe_gguf(path: str | Path, *, merges: list[str], missing_bytes: bytes = b"") -> Path:
+    """A llama with a byte-level BPE vocabulary (GPT-2's kind: each byte a character, then `merges`,
+    such as "h e"), less the byte tokens of `missing_bytes`, to test what depends on the tokenizer."""
+    table = _byte_level_table()
+    tokens = [c for b, c in sorted(table.items()) if b not in missing_bytes]
+    tokens += ["".join(m.split(" ")) for m in merges]
+    tokens += ["<|endoftext|>"]
+
+    def vocab(writer: GGUFWriter) -> None:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types([TokenType.NORMAL] * (len(tokens) - 1) + [TokenType.CONTROL])
+        writer.add_token_merges(merges)
+        writer.add_bos_token_id(len(tokens) - 1)
+        writer.add_eos_token_id(len(tokens) - 1)
+
+    return _write(path, "llama", "tiny-bpe", 0, None, 512, 64, 2, 4, vocab=(vocab, len(tokens)))
+
+
+def _byte_level_table() -> dict[int, str]:
+    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 256)]
+    moved = [b for b in range(256) if b not in kept]
+    return {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}
 
 
 def write_tiny_reranker(path: str | Path, *, seed: int = 0, context_length: int = 512) -> Path:
@@ -114,6 +141,7 @@ def _write(
     n_head: int,
     *,
     reranker: bool = False,
+    vocab: tuple[Callable[[GGUFWriter], None], int] | None = None,
 ) -> Path:
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -129,7 +157,8 @@ def _write(
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(0)
-    _add_byte_vocab(writer)
+    add_vocab, vocab_size = vocab or (_add_byte_vocab, VOCAB)
+    add_vocab(writer)
     if chat_template:
         writer.add_chat_template(chat_template)
     if reranker:
@@ -140,9 +169,9 @@ def _write(
     def tensor(name: str, *shape: int) -> None:
         writer.add_tensor(name, (rng.standard_normal(shape) * 0.2).astype(np.float32))
 
-    tensor("token_embd.weight", VOCAB, n_embd)
+    tensor("token_embd.weight", vocab_size, n_embd)
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    tensor("output.weight", VOCAB, n_embd)
+    tensor("output.weight", vocab_size, n_embd)
     for i in range(n_layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):

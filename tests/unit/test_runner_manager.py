@@ -95,6 +95,32 @@ async def test_a_tag_configured_otherwise_gets_its_own_engine_whatever_loaded_fi
     await manager.close()
 
 
+async def test_a_requests_context_shares_the_engine_that_runs_it_anyway(files, tmp_path):
+    """As llama.cpp pads a context to 256 cells and Ollama clamps num_ctx to the trained context (512
+    for the tiny model), requests whose context comes to the same share one engine."""
+    manager = make_manager(files, tmp_path, FakeClock())
+    configured = await manager.load("a")  # DEFAULTS: 256
+    assert await manager.load("a", context_size=256) is configured
+    assert await manager.load("a", context_size=100) is configured
+    larger = await manager.load("a", context_size=300)
+    assert larger is not configured and larger.model.facts.context_size == 512
+    assert await manager.load("a", context_size=10**6) is larger
+    running = {(r.model, r.memory_bytes) for r in manager._snapshot().models}
+    assert running == {("docker.io/ai/a:latest", configured.memory.total_bytes + larger.memory.total_bytes)}
+    await manager.close()
+
+
+async def test_an_engine_in_use_when_its_settings_change_holds_no_place_the_new_one_needs(files, tmp_path):
+    manager = make_manager(files, tmp_path, FakeClock(), max_loaded=1)
+    async with manager.acquire("a") as old:
+        manager.settings.put("docker.io/ai/a:latest", ModelConfig(context_size=512))
+        manager.mark_stale("docker.io/ai/a:latest")
+        new = await manager.load("a")  # not "every loaded model is in use"
+        assert new is not old and new.model.facts.context_size == 512
+    assert manager.loaded() == [new]  # the old one went with its last request
+    await manager.close()
+
+
 async def test_lru_eviction_never_takes_a_model_in_use(files, tmp_path):
     clock = FakeClock()
     manager = make_manager(files, tmp_path, clock, max_loaded=2)

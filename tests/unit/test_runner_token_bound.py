@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from modelrunner.runner.backends.base import LoadOptions
 from modelrunner.runner.backends.llamacpp import LlamaCppBackend
+from tests.support.tiny_gguf import write_tiny_bpe_gguf
 
 # Pieces that tokenizers treat specially: spaces as U+2581, special-token text, whitespace runs, UTF-8.
 PIECES = st.sampled_from(["\u2581", " ", "  ", "\n", "\t", "<start_of_turn>", "<end_of_turn>", "<s>", "</s>",
@@ -55,3 +56,24 @@ def test_gemmas_bound_refuses_a_4_mib_prompt_for_its_default_context(gemma):
     context the bundled model is configured with by default (8192)."""
     assert gemma.fewest_tokens(4 * 1024 * 1024) > 8192
     assert gemma.fewest_tokens(100) >= 1
+
+
+MERGES = ["Ġ t", "Ġt h", "Ġth e", "a a", "aa aa", "aaaa aaaa", "Ġ Ġ", "ĠĠ ĠĠ"]
+
+
+def test_the_bound_never_exceeds_a_byte_level_bpe_vocabularys_count(tmp_path):
+    model = LlamaCppBackend().load([str(write_tiny_bpe_gguf(tmp_path / "bpe.gguf", merges=MERGES))],
+                                   LoadOptions(context_size=64, parallel=1, threads=1))
+    assert model.fewest_tokens(100) >= 1
+    for text in ["a" * 1000, " the" * 300, " " * 999, "\u00e9\u4e2d\U0001f600" * 50, "<|endoftext|>" * 40]:
+        count, bound = tokens_and_bound(model, text)
+        assert 0 < bound <= count, (text[:20], bound, count)
+
+
+def test_no_bound_where_bpe_lacks_a_byte_it_would_drop(tmp_path):
+    """llama.cpp's BPE leaves out a byte its vocabulary has no token for: a text of such bytes has
+    fewer tokens than any bound from the token lengths."""
+    path = write_tiny_bpe_gguf(tmp_path / "holes.gguf", merges=MERGES, missing_bytes=b"\x01")
+    model = LlamaCppBackend().load([str(path)], LoadOptions(context_size=64, parallel=1, threads=1))
+    assert model.fewest_tokens(10_000) == 0
+    assert len(model.tokenize("\x01" * 100, add_special=False, parse_special=True)) < 100

@@ -70,3 +70,24 @@ def test_a_raw_prompt_keeps_its_start_tokens_and_its_end():
     assert fit_prompt(list(range(10, 30)), [1], 4) == [26, 27, 28, 29]  # no BOS to keep
     with pytest.raises(TooLong):
         fit_prompt([1, 2, 3], [1], 1)
+
+
+def test_a_raw_prompt_shorter_than_the_budget_is_kept_whole():
+    """A tail cut by bytes may hold fewer tokens than the budget: nothing is repeated then."""
+    assert fit_prompt([1, 10, 11], [1], 10) == [1, 10, 11]
+
+
+def test_a_chat_whose_bound_alone_is_past_the_budget_is_not_tokenized():
+    seen: list[str] = []
+
+    def counting(text: str) -> list[int]:
+        seen.append(text)
+        return tokenize(text)
+
+    messages = [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "hi"}]
+    tokens = fit_chat(messages, render, counting, 100, fewest=len)
+    assert kept(tokens) == render(messages[-1:]) and all(len(t) <= 100 for t in seen)
+    with pytest.raises(TooLong) as err:
+        fit_chat(messages[:1], render, counting, 100, fewest=len)
+    assert err.value.at_least and str(err.value).startswith("at least ")

@@ -191,5 +191,11 @@ class Backend(ABC):
         """What loading would take, before loading (blocking, fast)."""
 
     @abstractmethod
+    def request_options(self, gguf_paths: Sequence[str], options: LoadOptions, context_size: int) -> LoadOptions:
+        """The options for a request that asks for a context of its own (Ollama's num_ctx), as the
+        engine would really run it; `options` themselves when that is the context they give anyway, so
+        that such requests share the configured engine (blocking, fast)."""
+
+    @abstractmethod
     def load(self, gguf_paths: Sequence[str], options: LoadOptions) -> LoadedModel:
         """Loads a model (blocking, seconds); raises ValueError when the file cannot be loaded."""

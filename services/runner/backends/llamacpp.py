@@ -13,12 +13,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import metadata
 
 from modelrunner.common.gguf_info import read_gguf_info
 from modelrunner.runner.backends.base import Backend, LoadedModel, LoadOptions, MemoryEstimate
 
 DEFAULT_MAX_CONTEXT = 8192
+CONTEXT_PADDING = 256  # llama.cpp rounds a context up to a multiple of this
 
 
 def usable_cores() -> int:
@@ -36,6 +38,12 @@ def context_for(trained: int, options: LoadOptions) -> int:
 def kv_cache_bytes(n_layers: int, context: int, n_head_kv: int, key_len: int, value_len: int) -> int:
     """f16 K and V for every layer and cell (an upper bound for sliding-window layers)."""
     return n_layers * context * n_head_kv * (key_len + value_len) * 2
+
+
+@functools.lru_cache(maxsize=256)
+def _trained_context(path: str) -> int:
+    """The GGUF's trained context (its header read once: a model's blobs never change)."""
+    return read_gguf_info(path).context_length
 
 
 @functools.cache
@@ -67,6 +75,16 @@ class LlamaCppBackend(Backend):
         )
         weights = sum(os.path.getsize(p) for p in gguf_paths)
         return MemoryEstimate(weights_bytes=weights, kv_cache_bytes=kv)
+
+    def request_options(self, gguf_paths: Sequence[str], options: LoadOptions, context_size: int) -> LoadOptions:
+        """Rounded up as llama.cpp pads it, and at most the trained context, as Ollama clamps num_ctx
+        (past it a RoPE model's answers degrade)."""
+        if not gguf_paths:
+            return options  # load() refuses it
+        trained = _trained_context(gguf_paths[0])
+        wanted = -(-context_size // CONTEXT_PADDING) * CONTEXT_PADDING
+        wanted = min(wanted, trained) if trained else wanted
+        return options if wanted == context_for(trained, options) else replace(options, context_size=wanted)
 
     def load(self, gguf_paths: Sequence[str], options: LoadOptions) -> LoadedModel:
         if not gguf_paths:

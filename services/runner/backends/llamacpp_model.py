@@ -92,6 +92,17 @@ def _meta(model, key: str) -> str | None:
     return buf.value.decode("utf-8", errors="replace")
 
 
+def _byte_level_texts() -> frozenset[bytes]:
+    """The texts of byte-level BPE's 256 byte tokens (GPT-2's byte-to-character table)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)]
+    moved = (b for b in range(256) if b not in kept)
+    table = {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}
+    return frozenset(c.encode() for c in table.values())
+
+
+_BYTE_LEVEL_TEXTS = _byte_level_texts()
+
+
 class LlamaCppModel(LoadedModel):
     def __init__(self, model, options: LoadOptions, memory: MemoryEstimate, gpu_layers: int) -> None:
         self._model = model
@@ -186,8 +197,8 @@ class LlamaCppModel(LoadedModel):
         least as long as what it covers (SPM stores a space as the 3 bytes of U+2581, byte-level BPE
         each byte as a character of 1 or 2 bytes; a character the vocabulary lacks is one token of at
         most 4 bytes), so a text has at least n_bytes / (the longest stored text) tokens. WordPiece and
-        Unigram drop or normalise whitespace, and a special token that strips the whitespace beside it
-        can swallow any run of it: no bound then."""
+        Unigram drop or normalise whitespace, a special token that strips the whitespace beside it can
+        swallow any run of it, and llama.cpp's BPE drops a byte its vocabulary lacks: no bound then."""
         if self._longest_text is None:  # read once, on first need: 262k texts take a fraction of a second
             self._longest_text = self._measure_longest_text()
         return -(-n_bytes // self._longest_text) if self._longest_text else 0
@@ -197,11 +208,17 @@ class LlamaCppModel(LoadedModel):
         if llama_cpp.llama_vocab_type(vocab) not in (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE):
             return 0
         strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
-        longest = 4
+        longest, short = 4, set()
         for token in range(self._n_vocab):
             if llama_cpp.llama_vocab_get_attr(vocab, token) & strips:
                 return 0
-            longest = max(longest, len(llama_cpp.llama_vocab_get_text(vocab, token) or b""))
+            text = llama_cpp.llama_vocab_get_text(vocab, token) or b""
+            longest = max(longest, len(text))
+            if len(text) <= 2:
+                short.add(text)
+        # SPM emits an unknown symbol byte by byte (and aborts on a byte token it lacks): never fewer.
+        if llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_BPE and not short >= _BYTE_LEVEL_TEXTS:
+            return 0
         return longest
 
     def piece(self, token: int) -> bytes:
