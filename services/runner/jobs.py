@@ -69,7 +69,7 @@ def _tokens(entry: Loaded, text: str) -> list[int]:
 
 
 def _fewest(entry: Loaded, text: str) -> int:
-    return entry.model.fewest_tokens(len(text.encode("utf-8", errors="surrogatepass")))
+    return entry.model.fewest_tokens(text.encode("utf-8", errors="surrogatepass"))
 
 
 def part_with_tokens(model: LoadedModel, text: str, tokens: int, *, end: bool) -> str:
@@ -78,7 +78,7 @@ def part_with_tokens(model: LoadedModel, text: str, tokens: int, *, end: bool) -
     tokens more than needed: the cut may split what the whole text would tokenize as one."""
     data = text.encode("utf-8", errors="surrogatepass")
     size = max(tokens, 1)
-    while size < len(data) and model.fewest_tokens(size) < tokens:
+    while size < len(data) and model.fewest_tokens(data[-size:] if end else data[:size]) < tokens:
         size *= 2
     return (data[-size:] if end else data[:size]).decode("utf-8", errors="ignore")
 

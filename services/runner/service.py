@@ -34,7 +34,7 @@ def _embed_tokens(model: LoadedModel, index: int, text: str, truncate: bool) -> 
     """An embedding input's tokens; one whose bytes alone show it cannot fit the context is refused,
     or with `truncate` cut to its start, before it is tokenized whole."""
     context = model.facts.context_size
-    least = model.fewest_tokens(len(text.encode("utf-8", errors="surrogatepass")))
+    least = model.fewest_tokens(text.encode("utf-8", errors="surrogatepass"))
     if least > context:
         if not truncate:
             raise field_error(f"inputs[{index}]", f"has at least {least} tokens, past the context of {context} "

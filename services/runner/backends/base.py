@@ -81,8 +81,8 @@ class LoadedModel(ABC):
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
     @abstractmethod
-    def fewest_tokens(self, n_bytes: int) -> int:
-        """A lower bound on the tokens of any text of `n_bytes` bytes (0 where none is known), so that
+    def fewest_tokens(self, data: bytes) -> int:
+        """A lower bound on the tokens of the UTF-8 text `data` (0 where none is known), so that
         a text that cannot fit the context is refused before tokenizing it: seconds of CPU for
         megabytes, which nothing can cancel."""
 

@@ -92,12 +92,12 @@ def _meta(model, key: str) -> str | None:
     return buf.value.decode("utf-8", errors="replace")
 
 
-def _byte_level_texts() -> frozenset[bytes]:
-    """The texts of byte-level BPE's 256 byte tokens (GPT-2's byte-to-character table)."""
+def _byte_level_texts() -> dict[int, bytes]:
+    """Each byte's token text in byte-level BPE (GPT-2's byte-to-character table)."""
     kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)]
     moved = (b for b in range(256) if b not in kept)
     table = {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}
-    return frozenset(c.encode() for c in table.values())
+    return {b: c.encode() for b, c in sorted(table.items())}
 
 
 _BYTE_LEVEL_TEXTS = _byte_level_texts()
@@ -140,7 +140,7 @@ class LlamaCppModel(LoadedModel):
         self._n_out = 0
         self._step_logits = np.empty((0, self._n_vocab), dtype=np.float32)
         self._pieces: dict[int, bytes] = {}
-        self._longest_text: int | None = None
+        self._bound: tuple[int, re.Pattern[bytes] | None] | None = None
         self._pool_ctx: dict[bool, object] = {}  # rank pooling? -> context
         self._embed_lock = threading.Lock()
         arch = _meta(model, "general.architecture") or ""
@@ -192,34 +192,40 @@ class LlamaCppModel(LoadedModel):
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
         return list(buf[:n])
 
-    def fewest_tokens(self, n_bytes: int) -> int:
+    def fewest_tokens(self, data: bytes) -> int:
         """SPM and BPE vocabularies keep every byte of a text in some token, whose stored text is at
         least as long as what it covers (SPM stores a space as the 3 bytes of U+2581, byte-level BPE
         each byte as a character of 1 or 2 bytes; a character the vocabulary lacks is one token of at
-        most 4 bytes), so a text has at least n_bytes / (the longest stored text) tokens. WordPiece and
-        Unigram drop or normalise whitespace, a special token that strips the whitespace beside it can
-        swallow any run of it, and llama.cpp's BPE drops a byte its vocabulary lacks: no bound then."""
-        if self._longest_text is None:  # read once, on first need: 262k texts take a fraction of a second
-            self._longest_text = self._measure_longest_text()
-        return -(-n_bytes // self._longest_text) if self._longest_text else 0
+        most 4 bytes), so a text has at least len(data) / (the longest stored text) tokens. WordPiece
+        and Unigram drop or normalise whitespace, a special token that strips the whitespace beside it
+        can swallow any run of it, and llama.cpp's BPE drops a byte its vocabulary lacks (SmolLM2's has
+        no token for 21 bytes, 0x04 and 0xF1 among them): no bound then, or for a text with such a byte."""
+        if self._bound is None:  # read once, on first need: 262k texts take a fraction of a second
+            self._bound = self._survey_vocabulary()
+        longest, dropped = self._bound
+        if not longest or (dropped is not None and dropped.search(data)):
+            return 0
+        return -(-len(data) // longest)
 
-    def _measure_longest_text(self) -> int:
+    def _survey_vocabulary(self) -> tuple[int, re.Pattern[bytes] | None]:
+        """(the longest stored text, or 0 for no bound; a pattern of the bytes BPE would drop)."""
         vocab = self._vocab
         if llama_cpp.llama_vocab_type(vocab) not in (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE):
-            return 0
+            return 0, None
         strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
         longest, short = 4, set()
         for token in range(self._n_vocab):
             if llama_cpp.llama_vocab_get_attr(vocab, token) & strips:
-                return 0
+                return 0, None
             text = llama_cpp.llama_vocab_get_text(vocab, token) or b""
             longest = max(longest, len(text))
             if len(text) <= 2:
                 short.add(text)
         # SPM emits an unknown symbol byte by byte (and aborts on a byte token it lacks): never fewer.
-        if llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_BPE and not short >= _BYTE_LEVEL_TEXTS:
-            return 0
-        return longest
+        if llama_cpp.llama_vocab_type(vocab) != llama_cpp.LLAMA_VOCAB_TYPE_BPE:
+            return longest, None
+        dropped = bytes(b for b, text in _BYTE_LEVEL_TEXTS.items() if text not in short)
+        return longest, re.compile(b"[" + re.escape(dropped) + b"]") if dropped else None
 
     def piece(self, token: int) -> bytes:
         cached = self._pieces.get(token)
