@@ -205,7 +205,8 @@ async def serve(data: dict, ready: TextIO) -> None:
         return
     clock = DecodeClock(engine.model)
     entry = Loaded(
-        resolved=spec.resolved, key=(spec.resolved.model_id, spec.options), engine=engine, memory=engine.model.memory, keep_alive=None, keep_alive_text="",
+        resolved=spec.resolved, key=(spec.resolved.model_id, spec.options), engine=engine,
+        memory=engine.model.memory, keep_alive=None, keep_alive_text="",
         last_used=time.time(),
     )
     handlers = servicer_handlers(RunnerService(OneModel(entry, backend)), per_model_methods())

@@ -68,8 +68,9 @@ def _tokens(entry: Loaded, text: str) -> list[int]:
     return entry.model.tokenize(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
 
 
-def _fewest(entry: Loaded, text: str) -> int:
-    return entry.model.fewest_tokens(text.encode("utf-8", errors="surrogatepass"))
+def fewest_tokens(model: LoadedModel, text: str) -> int:
+    """The vocabulary's lower bound on the tokens of `text` (LoadedModel.fewest_tokens)."""
+    return model.fewest_tokens(text.encode("utf-8", errors="surrogatepass"))
 
 
 def part_with_tokens(model: LoadedModel, text: str, tokens: int, *, end: bool) -> str:
@@ -83,13 +84,15 @@ def part_with_tokens(model: LoadedModel, text: str, tokens: int, *, end: bool) -
     return (data[-size:] if end else data[:size]).decode("utf-8", errors="ignore")
 
 
-def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens: int, *, fit: bool = True) -> list[int]:
+def prompt_tokens(
+    request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens: int, *, fit: bool = True
+) -> list[int]:
     """The prompt's tokens; with `truncate`, cut to leave room for the answer when they do not fit.
     A text whose bytes alone show it cannot fit is not tokenized whole (unless not `fit`: counted)."""
     text = prompt_text(request, entry)
     context = entry.model.facts.context_size
     budget = prompt_budget(context, max_tokens)
-    least = _fewest(entry, text)
+    least = fewest_tokens(entry.model, text)
     if not request.truncate:
         if least >= context and fit:
             raise invalid(prompt_too_long(f"at least {least}", context, entry.name))
@@ -100,7 +103,7 @@ def prompt_tokens(request: runner_pb2.GenerateRequest, entry: Loaded, max_tokens
     try:
         if chat:
             return fit_chat(messages_of(request.chat), lambda m: _render(entry, m, request.chat.tools_json),
-                            lambda t: _tokens(entry, t), budget, lambda t: _fewest(entry, t))
+                            lambda t: _tokens(entry, t), budget, lambda t: fewest_tokens(entry.model, t))
         start = entry.model.tokenize("", add_special=True, parse_special=False)
         tail = entry.model.tokenize(part_with_tokens(entry.model, text, budget + CUT_SLACK, end=True),
                                     add_special=False, parse_special=True)

@@ -39,6 +39,7 @@ def prompt_too_long(tokens: str, context: int, name: str) -> str:
         "/engines/_configure)"
     )
 
+
 # How long the first request after idle may wait for the others of its burst, and how long a burst
 # may pause between two requests before it is taken as complete (see Scheduler._gather).
 GATHER_SECONDS = 0.02

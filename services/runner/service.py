@@ -19,7 +19,7 @@ from modelrunner.runner import rerank, token_count
 from modelrunner.runner.backends.base import InputTooLong, LoadedModel
 from modelrunner.runner.grammars import grammar_for
 from modelrunner.runner.held_answer import AnswerRelay, tools_offered
-from modelrunner.runner.jobs import CUT_SLACK, build_job, part_with_tokens
+from modelrunner.runner.jobs import CUT_SLACK, build_job, fewest_tokens, part_with_tokens
 from modelrunner.runner.logprobs import logprobs_message
 from modelrunner.runner.manager import Loaded, ModelManager
 from modelrunner.runner.model_settings import ModelConfig
@@ -34,7 +34,7 @@ def _embed_tokens(model: LoadedModel, index: int, text: str, truncate: bool) -> 
     """An embedding input's tokens; one whose bytes alone show it cannot fit the context is refused,
     or with `truncate` cut to its start, before it is tokenized whole."""
     context = model.facts.context_size
-    least = model.fewest_tokens(text.encode("utf-8", errors="surrogatepass"))
+    least = fewest_tokens(model, text)
     if least > context:
         if not truncate:
             raise field_error(f"inputs[{index}]", f"has at least {least} tokens, past the context of {context} "

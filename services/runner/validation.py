@@ -63,7 +63,8 @@ def check_model(model: str, keep_alive: str = "") -> None:
 def check_context_size(context_size: int) -> None:
     """A request's own context size (GenerateRequest.context_size): 0, or what a model's settings may ask."""
     if not 0 <= context_size <= MAX_CONTEXT_SIZE:
-        raise field_error("context_size", f"must be from 0 (the configured context) to {MAX_CONTEXT_SIZE}, not {context_size}")
+        raise field_error("context_size",
+                          f"must be from 0 (the configured context) to {MAX_CONTEXT_SIZE}, not {context_size}")
 
 
 def check_generate(request: runner_pb2.GenerateRequest) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter, PoolingType, TokenType
 
+from modelrunner.runner.backends.llamacpp import BYTE_LEVEL_CHARS
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -39,8 +41,7 @@ def write_tiny_gguf(
 def write_tiny_bpe_gguf(path: str | Path, *, merges: list[str], missing_bytes: bytes = b"") -> Path:
     """A llama with a byte-level BPE vocabulary (GPT-2's kind: each byte a character, then `merges`,
     such as "h e"), less the byte tokens of `missing_bytes`, to test what depends on the tokenizer."""
-    table = _byte_level_table()
-    tokens = [c for b, c in sorted(table.items()) if b not in missing_bytes]
+    tokens = [c for b, c in BYTE_LEVEL_CHARS.items() if b not in missing_bytes]
     tokens += ["".join(m.split(" ")) for m in merges]
     tokens += ["<|endoftext|>"]
 
@@ -54,12 +55,6 @@ def write_tiny_bpe_gguf(path: str | Path, *, merges: list[str], missing_bytes: b
         writer.add_eos_token_id(len(tokens) - 1)
 
     return _write(path, "llama", "tiny-bpe", 0, None, 512, 64, 2, 4, vocab=(vocab, len(tokens)))
-
-
-def _byte_level_table() -> dict[int, str]:
-    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 256)]
-    moved = [b for b in range(256) if b not in kept]
-    return {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}
 
 
 def write_tiny_reranker(path: str | Path, *, seed: int = 0, context_length: int = 512) -> Path:

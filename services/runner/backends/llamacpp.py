@@ -35,6 +35,16 @@ def context_for(trained: int, options: LoadOptions) -> int:
     return options.context_size or min(trained or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
 
 
+def _byte_level_chars() -> dict[int, str]:
+    """GPT-2's byte-to-character table: byte-level BPE stores each byte as the token of this character."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 256)]
+    moved = (b for b in range(256) if b not in kept)
+    return dict(sorted(({b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}).items()))
+
+
+BYTE_LEVEL_CHARS = _byte_level_chars()
+
+
 def kv_cache_bytes(n_layers: int, context: int, n_head_kv: int, key_len: int, value_len: int) -> int:
     """f16 K and V for every layer and cell (an upper bound for sliding-window layers)."""
     return n_layers * context * n_head_kv * (key_len + value_len) * 2

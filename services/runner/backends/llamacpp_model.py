@@ -21,7 +21,7 @@ import llama_cpp
 import numpy as np
 
 from modelrunner.runner.backends.base import Grammar, LoadedModel, LoadOptions, MemoryEstimate, ModelFacts
-from modelrunner.runner.backends.llamacpp import DEFAULT_MAX_CONTEXT, context_for, usable_cores
+from modelrunner.runner.backends.llamacpp import BYTE_LEVEL_CHARS, DEFAULT_MAX_CONTEXT, context_for, usable_cores
 from modelrunner.runner.backends.llamacpp_pooling import MAX_SEQUENCES, pooled
 
 # Tokens llama.cpp computes at once (its physical batch, n_ubatch): the compute buffers are sized by it,
@@ -90,17 +90,6 @@ def _meta(model, key: str) -> str | None:
         buf = ctypes.create_string_buffer(n + 1)
         llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
     return buf.value.decode("utf-8", errors="replace")
-
-
-def _byte_level_texts() -> dict[int, bytes]:
-    """Each byte's token text in byte-level BPE (GPT-2's byte-to-character table)."""
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)]
-    moved = (b for b in range(256) if b not in kept)
-    table = {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}
-    return {b: c.encode() for b, c in sorted(table.items())}
-
-
-_BYTE_LEVEL_TEXTS = _byte_level_texts()
 
 
 class LlamaCppModel(LoadedModel):
@@ -224,7 +213,7 @@ class LlamaCppModel(LoadedModel):
         # SPM emits an unknown symbol byte by byte (and aborts on a byte token it lacks): never fewer.
         if llama_cpp.llama_vocab_type(vocab) != llama_cpp.LLAMA_VOCAB_TYPE_BPE:
             return longest, None
-        dropped = bytes(b for b, text in _BYTE_LEVEL_TEXTS.items() if text not in short)
+        dropped = bytes(b for b, char in BYTE_LEVEL_CHARS.items() if char.encode() not in short)
         return longest, re.compile(b"[" + re.escape(dropped) + b"]") if dropped else None
 
     def piece(self, token: int) -> bytes:
